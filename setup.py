@@ -23,6 +23,7 @@ setup(
         "pillow>=10.0",
         "scikit-learn>=1.3",
         "absl-py>=2.0",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5"],

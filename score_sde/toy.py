@@ -1,0 +1,191 @@
+"""Analytic data distributions with exact diffused scores: the oracle for sampler and likelihood tests.
+
+Under any of the linear SDEs, p_0t(x_t | x_0) = N(m(t) x_0, std(t)^2 I). A Gaussian mixture
+sum_k w_k N(mu_k, Sigma_k) therefore diffuses to the mixture
+  p_t = sum_k w_k N(m(t) mu_k, m(t)^2 Sigma_k + std(t)^2 I),
+whose score and log-density are available in closed form at every t.
+
+Distributions act on flat vectors: ``x`` is [B, D].
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from score_sde.sde import SDE, ScoreFn
+
+Array = jax.Array
+
+
+def _mvn_logpdf_and_grad(x: Array, mean: Array, cov: Array) -> tuple[Array, Array]:
+  """log N(x; mean, cov) and its gradient in x. x, mean: [..., D]; cov: [..., D, D]."""
+  chol = jnp.linalg.cholesky(cov)
+  diff = x - mean
+  # Solve L y = diff, then L^T u = y, so that u = cov^{-1} diff.
+  y = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
+  u = jax.scipy.linalg.solve_triangular(jnp.swapaxes(chol, -1, -2), y[..., None], lower=False)[..., 0]
+  d = x.shape[-1]
+  log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+  logpdf = -0.5 * (d * math.log(2 * math.pi) + log_det + jnp.sum(y**2, axis=-1))
+  return logpdf, -u
+
+
+@struct.dataclass
+class GaussianMixture:
+  """sum_k weights_k N(means_k, covs_k) in D dimensions."""
+
+  weights: Array  # [K]
+  means: Array  # [K, D]
+  covs: Array  # [K, D, D]
+
+  @property
+  def dim(self) -> int:
+    return self.means.shape[-1]
+
+  @property
+  def mean(self) -> Array:
+    """Mixture mean [D]."""
+    return self.weights @ self.means
+
+  @property
+  def cov(self) -> Array:
+    """Mixture covariance [D, D] (law of total covariance)."""
+    centred = self.means - self.mean
+    between = jnp.einsum("k,ki,kj->ij", self.weights, centred, centred)
+    return jnp.einsum("k,kij->ij", self.weights, self.covs) + between
+
+  def sample(self, key: Array, n: int) -> Array:
+    """n samples [n, D]."""
+    k_comp, k_noise = jax.random.split(key)
+    comp = self.sample_components(k_comp, n)
+    return self.sample_given_components(k_noise, comp)
+
+  def sample_components(self, key: Array, n: int) -> Array:
+    return jax.random.choice(key, self.weights.shape[0], (n,), p=self.weights)
+
+  def sample_given_components(self, key: Array, comp: Array) -> Array:
+    chol = jnp.linalg.cholesky(self.covs)[comp]  # [n, D, D]
+    z = jax.random.normal(key, (comp.shape[0], self.dim), dtype=self.means.dtype)
+    return self.means[comp] + jnp.einsum("nij,nj->ni", chol, z)
+
+  def component_log_probs(self, x: Array) -> Array:
+    """log w_k + log N(x; mu_k, Sigma_k), shape [B, K]."""
+    logpdf, _ = _mvn_logpdf_and_grad(x[:, None, :], self.means[None], self.covs[None])
+    return jnp.log(self.weights) + logpdf
+
+  def log_prob(self, x: Array) -> Array:
+    """log p(x) [B]."""
+    return jax.nn.logsumexp(self.component_log_probs(x), axis=-1)
+
+  def responsibilities(self, x: Array) -> Array:
+    """Posterior component probabilities p(k | x) [B, K]."""
+    return jax.nn.softmax(self.component_log_probs(x), axis=-1)
+
+  # --- the diffused marginal p_t -------------------------------------------------------
+  def _marginal_components(self, sde: SDE, t: Array) -> tuple[Array, Array]:
+    """Per-sample means [B, K, D] and covariances [B, K, D, D] of p_t at times t [B]."""
+    m, std = sde.marginal_params(t)
+    means = m[:, None, None] * self.means[None]
+    eye = jnp.eye(self.dim, dtype=self.covs.dtype)
+    covs = (m**2)[:, None, None, None] * self.covs[None] + (std**2)[:, None, None, None] * eye
+    return means, covs
+
+  def marginal_log_prob(self, sde: SDE, x: Array, t: Array) -> Array:
+    """log p_t(x) [B] of the data diffused by ``sde`` to times t [B]."""
+    return self._marginal_log_prob_and_score(sde, x, t)[0]
+
+  def marginal_score(self, sde: SDE, x: Array, t: Array) -> Array:
+    """Exact score grad_x log p_t(x) [B, D]: sum_k p(k | x, t) (-C_k(t)^{-1} (x - m(t) mu_k))."""
+    return self._marginal_log_prob_and_score(sde, x, t)[1]
+
+  def _marginal_log_prob_and_score(self, sde, x, t):
+    means, covs = self._marginal_components(sde, t)
+    logpdf, grads = _mvn_logpdf_and_grad(x[:, None, :], means, covs)  # [B, K], [B, K, D]
+    joint = jnp.log(self.weights) + logpdf
+    resp = jax.nn.softmax(joint, axis=-1)
+    return jax.nn.logsumexp(joint, axis=-1), jnp.einsum("bk,bkd->bd", resp, grads)
+
+  def score_fn(self, sde: SDE) -> ScoreFn:
+    """The exact score as a plain ``score_fn(x, t)``, interchangeable with a network's."""
+    return lambda x, t: self.marginal_score(sde, x, t)
+
+
+def gaussian(mean, cov) -> GaussianMixture:
+  """A single Gaussian N(mean, cov) as a one-component mixture."""
+  mean = jnp.asarray(mean)
+  cov = jnp.asarray(cov, dtype=mean.dtype)
+  return GaussianMixture(weights=jnp.ones((1,), mean.dtype), means=mean[None], covs=cov[None])
+
+
+def isotropic_mixture(weights: Sequence[float], means, std: float) -> GaussianMixture:
+  """Mixture whose components all have covariance std^2 I."""
+  means = jnp.asarray(means)
+  k, d = means.shape
+  covs = jnp.broadcast_to(std**2 * jnp.eye(d, dtype=means.dtype), (k, d, d))
+  weights = jnp.asarray(weights, dtype=means.dtype)
+  return GaussianMixture(weights=weights / weights.sum(), means=means, covs=covs)
+
+
+# --- 2-D shapes for pictures ----------------------------------------------------------------
+
+def ring(n_modes: int = 8, radius: float = 4.0, std: float = 0.3) -> GaussianMixture:
+  """Equal-weight Gaussians on a circle."""
+  angles = 2 * np.pi * np.arange(n_modes) / n_modes
+  means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+  return isotropic_mixture(np.ones(n_modes), jnp.asarray(means, jnp.float32), std)
+
+
+def grid(n_per_side: int = 5, spacing: float = 2.0, std: float = 0.2) -> GaussianMixture:
+  """Equal-weight Gaussians on a square grid centred at the origin."""
+  ticks = spacing * (np.arange(n_per_side) - (n_per_side - 1) / 2)
+  means = np.stack(np.meshgrid(ticks, ticks), axis=-1).reshape(-1, 2)
+  return isotropic_mixture(np.ones(len(means)), jnp.asarray(means, jnp.float32), std)
+
+
+def spiral(n_modes: int = 24, turns: float = 1.5, std: float = 0.25) -> GaussianMixture:
+  """Gaussians along an Archimedean spiral, weighted by arc position."""
+  s = np.linspace(0.15, 1.0, n_modes)
+  angle = 2 * np.pi * turns * s
+  means = 5.0 * s[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+  return isotropic_mixture(s, jnp.asarray(means, jnp.float32), std)
+
+
+@struct.dataclass
+class Checkerboard:
+  """Uniform density on the dark squares of a 4x4 checkerboard on [-4, 4]^2 (no closed-form score)."""
+
+  half_width: float = 4.0
+
+  def sample(self, key: Array, n: int) -> Array:
+    k1, k2, k3 = jax.random.split(key, 3)
+    x1 = jax.random.uniform(k1, (n,), minval=-self.half_width, maxval=self.half_width)
+    # Choose a cell in x2 of parity matching x1's cell.
+    cell = self.half_width / 2
+    col = jnp.floor(x1 / cell)
+    row = 2 * jax.random.randint(k2, (n,), -1, 1) + jnp.mod(col, 2)
+    x2 = (row + jax.random.uniform(k3, (n,))) * cell
+    return jnp.stack([x1, x2], axis=-1)
+
+  def log_prob(self, x: Array) -> Array:
+    cell = self.half_width / 2
+    idx = jnp.floor(x / cell)
+    inside = jnp.all(jnp.abs(x) < self.half_width, axis=-1)
+    dark = jnp.mod(idx[:, 0] + idx[:, 1], 2) == 0
+    area = (2 * self.half_width) ** 2 / 2
+    return jnp.where(inside & dark, -jnp.log(area), -jnp.inf)
+
+
+SHAPES = {"ring": ring, "grid": grid, "spiral": spiral, "checkerboard": Checkerboard}
+
+
+def get_shape(name: str):
+  """Builds one of the 2-D picture distributions by name."""
+  try:
+    return SHAPES[name]()
+  except KeyError:
+    raise ValueError(f"Unknown 2-D shape {name!r}; valid choices are {sorted(SHAPES)}.") from None
