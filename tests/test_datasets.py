@@ -394,3 +394,14 @@ def test_array_record_dataset_round_trip(tmp_path):
         next(single_process(make_config("TFDS", image_size=8, num_channels=1,
                                         tfds_name="score_sde_test_images",
                                         data_dir=str(tmp_path)), batch_size=2))
+
+
+def test_defaults_come_from_config_and_jax():
+    config = make_config()
+    config.training.batch_size, config.eval.batch_size = 12, 6
+    train = datasets.get_dataset(config)  # jax.process_index() == 0 of jax.process_count() == 1
+    assert take(train, 1)[0]["image"].shape == (12, 16, 16, 1)
+    test = datasets.get_dataset(config, split="test", evaluation=True)
+    assert take(test, 1)[0]["image"].shape == (6, 16, 16, 1)
+    with pytest.raises(ValueError, match="split must be"):
+        datasets.get_dataset(config, split="validation")
