@@ -1,4 +1,4 @@
-"""The DDPM U-Net on CIFAR-10 with the sub-VP SDE in continuous time ("DDPM cont. (sub-VP)").
+r"""The DDPM U-Net on CIFAR-10 with the sub-VP SDE in continuous time ("DDPM cont. (sub-VP)").
 
 configs/vp/ddpm/cifar10_continuous.py with the sub-VP SDE.
 

@@ -1,4 +1,4 @@
-"""DDPM++ on CIFAR-10 with the sub-VP SDE, continuous time.
+r"""DDPM++ on CIFAR-10 with the sub-VP SDE, continuous time.
 
 configs/vp/cifar10_ddpmpp_continuous.py with the sub-VP SDE.
 

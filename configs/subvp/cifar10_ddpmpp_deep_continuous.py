@@ -1,4 +1,4 @@
-"""DDPM++ cont. deep on CIFAR-10 with the sub-VP SDE: 8 residual blocks per resolution, 950k steps.
+r"""DDPM++ cont. deep on CIFAR-10 with the sub-VP SDE: 8 residual blocks per resolution, 950k steps.
 
 configs/vp/cifar10_ddpmpp_deep_continuous.py with the sub-VP SDE.
 

@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 with the sub-VP SDE, continuous time.
+r"""NCSN++ on CIFAR-10 with the sub-VP SDE, continuous time.
 
 configs/vp/cifar10_ncsnpp_continuous.py with the sub-VP SDE.
 

@@ -1,4 +1,4 @@
-"""NCSN++ on LSUN bedroom 256x256 with the VE SDE, continuous time.
+r"""NCSN++ on LSUN bedroom 256x256 with the VE SDE, continuous time.
 
     python main.py --config configs/ve/bedroom_ncsnpp_continuous.py \
         --workdir runs/ve_bedroom_ncsnpp_continuous --mode train

@@ -1,4 +1,4 @@
-"""NCSN++ on CelebA-HQ 256x256 with the VE SDE, continuous time.
+r"""NCSN++ on CelebA-HQ 256x256 with the VE SDE, continuous time.
 
 Same hyper-parameters as FFHQ 256x256; only the image folder differs:
 

@@ -1,4 +1,4 @@
-"""NCSN++ on CelebA-HQ 1024x1024 with the VE SDE, continuous time.
+r"""NCSN++ on CelebA-HQ 1024x1024 with the VE SDE, continuous time.
 
 The FFHQ 1024x1024 experiment with the CelebA-HQ images and a summed (not averaged) loss:
 

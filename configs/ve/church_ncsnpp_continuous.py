@@ -1,4 +1,4 @@
-"""NCSN++ on LSUN church_outdoor 256x256 with the VE SDE, continuous time.
+r"""NCSN++ on LSUN church_outdoor 256x256 with the VE SDE, continuous time.
 
 The bedroom experiment with the church images and sigma_max 380.
 

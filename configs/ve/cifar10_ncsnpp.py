@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 with SMLD: the VE SDE trained on its 1000 discrete noise levels.
+r"""NCSN++ on CIFAR-10 with SMLD: the VE SDE trained on its 1000 discrete noise levels.
 
     python main.py --config configs/ve/cifar10_ncsnpp.py \
         --workdir runs/ve_cifar10_ncsnpp --mode train

@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 with the VE SDE, continuous time (Song et al., ICLR 2021).
+r"""NCSN++ on CIFAR-10 with the VE SDE, continuous time (Song et al., ICLR 2021).
 
     python main.py --config configs/ve/cifar10_ncsnpp_continuous.py \
         --workdir runs/ve_cifar10_ncsnpp_continuous --mode train

@@ -1,4 +1,4 @@
-"""NCSN++ cont. deep on CIFAR-10 with the VE SDE: 8 residual blocks per resolution, 950k steps.
+r"""NCSN++ cont. deep on CIFAR-10 with the VE SDE: 8 residual blocks per resolution, 950k steps.
 
     python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py \
         --workdir runs/ve_cifar10_ncsnpp_deep_continuous --mode train

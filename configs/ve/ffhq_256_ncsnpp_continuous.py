@@ -1,4 +1,4 @@
-"""NCSN++ on FFHQ 256x256 with the VE SDE, continuous time.
+r"""NCSN++ on FFHQ 256x256 with the VE SDE, continuous time.
 
 The images are read from a folder of PNG/JPEG files (FFHQ exported at 256x256; other sizes are
 center-cropped and resized), given on the command line:

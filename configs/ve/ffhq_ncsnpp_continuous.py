@@ -1,4 +1,4 @@
-"""NCSN++ on FFHQ 1024x1024 with the VE SDE, continuous time.
+r"""NCSN++ on FFHQ 1024x1024 with the VE SDE, continuous time.
 
 The images are read from a folder of 1024x1024 PNG/JPEG files:
 

@@ -1,4 +1,4 @@
-"""DDPM++ on CIFAR-10 trained as a DDPM: the VP SDE on its 1000 discrete steps, ancestral sampling.
+r"""DDPM++ on CIFAR-10 trained as a DDPM: the VP SDE on its 1000 discrete steps, ancestral sampling.
 
     python main.py --config configs/vp/cifar10_ddpmpp.py \
         --workdir runs/vp_cifar10_ddpmpp --mode train

@@ -1,4 +1,4 @@
-"""DDPM++ on CIFAR-10 with the VP SDE, continuous time (Song et al., ICLR 2021).
+r"""DDPM++ on CIFAR-10 with the VP SDE, continuous time (Song et al., ICLR 2021).
 
     python main.py --config configs/vp/cifar10_ddpmpp_continuous.py \
         --workdir runs/vp_cifar10_ddpmpp_continuous --mode train

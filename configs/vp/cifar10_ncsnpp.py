@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 trained as a DDPM (the VP SDE on its 1000 discrete steps).
+r"""NCSN++ on CIFAR-10 trained as a DDPM (the VP SDE on its 1000 discrete steps).
 
 Sampled with the reverse-diffusion predictor and no corrector.
 

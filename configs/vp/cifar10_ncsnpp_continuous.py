@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 with the VP SDE, continuous time.
+r"""NCSN++ on CIFAR-10 with the VP SDE, continuous time.
 
     python main.py --config configs/vp/cifar10_ncsnpp_continuous.py \
         --workdir runs/vp_cifar10_ncsnpp_continuous --mode train

@@ -1,4 +1,4 @@
-"""NCSN on CelebA with NCSNv2 techniques 1, 2, 4 and 5: the noise levels, step size and EMA.
+r"""NCSN on CelebA with NCSNv2 techniques 1, 2, 4 and 5: the noise levels, step size and EMA.
 
     python main.py --config configs/ve/ncsn/celeba_1245.py \
         --workdir runs/ve_ncsn_celeba_1245 --mode train

@@ -1,4 +1,4 @@
-"""NCSN on CIFAR-10 with NCSNv2 techniques 1, 2 and 4: the noise levels and Langevin step size.
+r"""NCSN on CIFAR-10 with NCSNv2 techniques 1, 2 and 4: the noise levels and Langevin step size.
 
 sigma_max 50 (about the largest distance between training images), 232 geometrically spaced
 levels, and 5 Langevin steps per level at snr 0.176.

@@ -1,4 +1,4 @@
-"""NCSN on CIFAR-10 with NCSNv2 technique 5 only: an exponential moving average of the weights.
+r"""NCSN on CIFAR-10 with NCSNv2 technique 5 only: an exponential moving average of the weights.
 
     python main.py --config configs/ve/ncsn/cifar10_5.py \
         --workdir runs/ve_ncsn_cifar10_5 --mode train

@@ -1,4 +1,4 @@
-"""NCSNv2 (Song & Ermon, 2020) on LSUN bedroom 128x128: 1086 noise levels from 190 to 0.01.
+r"""NCSNv2 (Song & Ermon, 2020) on LSUN bedroom 128x128: 1086 noise levels from 190 to 0.01.
 
     python main.py --config configs/ve/ncsnv2/bedroom.py \
         --workdir runs/ve_ncsnv2_bedroom --mode train

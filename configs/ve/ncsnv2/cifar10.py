@@ -1,4 +1,4 @@
-"""NCSNv2 (Song & Ermon, 2020) on CIFAR-10: 232 noise levels from 50 to 0.01, annealed Langevin.
+r"""NCSNv2 (Song & Ermon, 2020) on CIFAR-10: 232 noise levels from 50 to 0.01, annealed Langevin.
 
 All five NCSNv2 techniques, including the output divided by sigma (technique 3).
 

@@ -1,4 +1,4 @@
-"""DDPM (Ho et al., 2020) on CelebA-HQ 256x256; the LSUN settings on a folder of face images.
+r"""DDPM (Ho et al., 2020) on CelebA-HQ 256x256; the LSUN settings on a folder of face images.
 
     python main.py --config configs/vp/ddpm/celebahq.py \
         --workdir runs/vp_ddpm_celebahq --mode train \

@@ -1,4 +1,4 @@
-"""The DDPM U-Net on CIFAR-10 with the VP SDE in continuous time ("DDPM cont. (VP)").
+r"""The DDPM U-Net on CIFAR-10 with the VP SDE in continuous time ("DDPM cont. (VP)").
 
     python main.py --config configs/vp/ddpm/cifar10_continuous.py \
         --workdir runs/vp_ddpm_cifar10_continuous --mode train

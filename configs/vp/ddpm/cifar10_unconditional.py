@@ -1,4 +1,4 @@
-"""DDPM on CIFAR-10 with a network that is not told the time step (NCSNv2 technique 3).
+r"""DDPM on CIFAR-10 with a network that is not told the time step (NCSNv2 technique 3).
 
     python main.py --config configs/vp/ddpm/cifar10_unconditional.py \
         --workdir runs/vp_ddpm_cifar10_unconditional --mode train
