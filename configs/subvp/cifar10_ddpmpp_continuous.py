@@ -5,7 +5,7 @@ configs/vp/cifar10_ddpmpp_continuous.py with the sub-VP SDE.
     python main.py --config configs/subvp/cifar10_ddpmpp_continuous.py \
         --workdir runs/subvp_cifar10_ddpmpp_continuous --mode train
 
-Expected (reference README): FID 2.61, Inception score 9.56 (PC sampler); FID 3.16 with the
+Expected (reference README): FID 2.61, Inception score 9.56 (50k samples); FID 3.16 with the
 probability-flow ODE; 3.02 bits/dim on dequantized test images.
 """
 import ml_collections

@@ -3,7 +3,7 @@ r"""NCSN++ on CIFAR-10 with the VE SDE, continuous time (Song et al., ICLR 2021)
     python main.py --config configs/ve/cifar10_ncsnpp_continuous.py \
         --workdir runs/ve_cifar10_ncsnpp_continuous --mode train
 
-Expected: FID 2.38, Inception score 9.83 (50k samples, PC sampler: reverse diffusion + Langevin).
+Expected: FID 2.38, Inception score 9.83 (50k samples).
 """
 import ml_collections
 

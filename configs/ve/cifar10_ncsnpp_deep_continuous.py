@@ -3,7 +3,7 @@ r"""NCSN++ cont. deep on CIFAR-10 with the VE SDE: 8 residual blocks per resolut
     python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py \
         --workdir runs/ve_cifar10_ncsnpp_deep_continuous --mode train
 
-Expected: FID 2.20, Inception score 9.89 (50k samples, PC sampler), the best published result
+Expected: FID 2.20, Inception score 9.89 (50k samples), the best published result
 of the paper for unconditional CIFAR-10.
 """
 import ml_collections
