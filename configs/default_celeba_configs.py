@@ -14,7 +14,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   config.eval.begin_ckpt = 1
   config.eval.enable_sampling = True
 
-  config.data.dataset = 'CELEBA'
+  config.data.dataset = "CELEBA"
   config.data.image_size = 64
 
   config.model.sigma_max = 90.

@@ -37,11 +37,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.num_samples = 50000
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
-  evaluate.bpd_dataset = 'test'
+  evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 5  # passes over the bits/dim split, each with fresh dequantization
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'CIFAR10'
+  data.dataset = "CIFAR10"
   data.image_size = 32
   data.random_flip = True
   data.centered = False
@@ -60,11 +60,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.beta_min = 0.1
   model.beta_max = 20.
   model.dropout = 0.1
-  model.embedding_type = 'fourier'
+  model.embedding_type = "fourier"
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.
-  optim.optimizer = 'Adam'
+  optim.optimizer = "Adam"
   optim.lr = 2e-4
   optim.beta1 = 0.9
   optim.eps = 1e-8

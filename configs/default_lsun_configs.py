@@ -20,7 +20,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   config.eval.batch_size = 512
   config.eval.enable_sampling = True
 
-  config.data.dataset = 'LSUN'
+  config.data.dataset = "LSUN"
   config.data.image_size = 256
 
   config.model.sigma_max = 378.

@@ -15,5 +15,5 @@ from configs.vp.ddpm import cifar10_continuous
 
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10_continuous.get_config()
-  config.training.sde = 'subvpsde'
+  config.training.sde = "subvpsde"
   return config

@@ -14,5 +14,5 @@ from configs.vp import cifar10_ncsnpp_continuous
 
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10_ncsnpp_continuous.get_config()
-  config.training.sde = 'subvpsde'
+  config.training.sde = "subvpsde"
   return config

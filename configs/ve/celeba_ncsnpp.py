@@ -11,13 +11,13 @@ from configs import architectures, default_celeba_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_celeba_configs.get_default_configs()
-  config.training.sde = 'vesde'
+  config.training.sde = "vesde"
   config.training.continuous = False
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'reverse_diffusion'
-  config.sampling.corrector = 'langevin'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "reverse_diffusion"
+  config.sampling.corrector = "langevin"
 
   config.model.update(architectures.ncsnpp_cifar10(
-      scale_by_sigma=True, ema_rate=0.999, embedding_type='positional'))
+      scale_by_sigma=True, ema_rate=0.999, embedding_type="positional"))
   return config

@@ -15,6 +15,6 @@ from configs.ve import bedroom_ncsnpp_continuous
 
 def get_config() -> ml_collections.ConfigDict:
   config = bedroom_ncsnpp_continuous.get_config()
-  config.data.category = 'church_outdoor'
+  config.data.category = "church_outdoor"
   config.model.sigma_max = 380.
   return config

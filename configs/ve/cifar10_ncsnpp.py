@@ -13,5 +13,5 @@ from configs.ve import cifar10_ncsnpp_continuous
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10_ncsnpp_continuous.get_config()
   config.training.continuous = False
-  config.model.embedding_type = 'positional'  # the network sees the noise-level index
+  config.model.embedding_type = "positional"  # the network sees the noise-level index
   return config

@@ -12,13 +12,13 @@ from configs import architectures, default_cifar10_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_cifar10_configs.get_default_configs()
-  config.training.sde = 'vesde'
+  config.training.sde = "vesde"
   config.training.continuous = True
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'reverse_diffusion'
-  config.sampling.corrector = 'langevin'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "reverse_diffusion"
+  config.sampling.corrector = "langevin"
 
   config.model.update(architectures.ncsnpp_cifar10(
-      scale_by_sigma=True, ema_rate=0.999, embedding_type='fourier'))
+      scale_by_sigma=True, ema_rate=0.999, embedding_type="fourier"))
   return config

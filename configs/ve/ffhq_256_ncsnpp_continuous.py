@@ -16,17 +16,17 @@ from configs import architectures, default_lsun_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_lsun_configs.get_default_configs()
-  config.training.sde = 'vesde'
+  config.training.sde = "vesde"
   config.training.continuous = True
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'reverse_diffusion'
-  config.sampling.corrector = 'langevin'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "reverse_diffusion"
+  config.sampling.corrector = "langevin"
 
-  config.data.dataset = 'folder'  # the reference reads a TFRecord file here
+  config.data.dataset = "folder"  # the reference reads a TFRecord file here
   config.data.image_size = 256
 
   config.model.sigma_max = 348.
   config.model.update(architectures.ncsnpp_256(
-      scale_by_sigma=True, ema_rate=0.999, embedding_type='fourier'))
+      scale_by_sigma=True, ema_rate=0.999, embedding_type="fourier"))
   return config

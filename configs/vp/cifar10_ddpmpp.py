@@ -13,5 +13,5 @@ from configs.vp import cifar10_ddpmpp_continuous
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10_ddpmpp_continuous.get_config()
   config.training.continuous = False
-  config.sampling.predictor = 'ancestral_sampling'
+  config.sampling.predictor = "ancestral_sampling"
   return config

@@ -15,5 +15,5 @@ from configs.vp import cifar10_ncsnpp_continuous
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10_ncsnpp_continuous.get_config()
   config.training.continuous = False
-  config.sampling.predictor = 'reverse_diffusion'
+  config.sampling.predictor = "reverse_diffusion"
   return config

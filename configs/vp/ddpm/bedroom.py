@@ -12,15 +12,15 @@ from configs import architectures, default_lsun_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_lsun_configs.get_default_configs()
-  config.training.sde = 'vpsde'
+  config.training.sde = "vpsde"
   config.training.continuous = False
   config.training.reduce_mean = True
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'ancestral_sampling'
-  config.sampling.corrector = 'none'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "ancestral_sampling"
+  config.sampling.corrector = "none"
 
-  config.data.category = 'bedroom'
+  config.data.category = "bedroom"
   config.data.centered = True
 
   config.model.num_scales = 1000

@@ -13,15 +13,15 @@ from configs import architectures, default_lsun_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_lsun_configs.get_default_configs()
-  config.training.sde = 'vpsde'
+  config.training.sde = "vpsde"
   config.training.continuous = False
   config.training.reduce_mean = True
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'ancestral_sampling'
-  config.sampling.corrector = 'none'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "ancestral_sampling"
+  config.sampling.corrector = "none"
 
-  config.data.dataset = 'folder'  # the reference reads a TFRecord file here
+  config.data.dataset = "folder"  # the reference reads a TFRecord file here
   config.data.image_size = 256
   config.data.centered = True
 

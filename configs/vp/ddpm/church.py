@@ -12,5 +12,5 @@ from configs.vp.ddpm import bedroom
 
 def get_config() -> ml_collections.ConfigDict:
   config = bedroom.get_config()
-  config.data.category = 'church_outdoor'
+  config.data.category = "church_outdoor"
   return config

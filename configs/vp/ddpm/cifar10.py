@@ -12,13 +12,13 @@ from configs import architectures, default_cifar10_configs
 
 def get_config() -> ml_collections.ConfigDict:
   config = default_cifar10_configs.get_default_configs()
-  config.training.sde = 'vpsde'
+  config.training.sde = "vpsde"
   config.training.continuous = False
   config.training.reduce_mean = True
 
-  config.sampling.method = 'pc'
-  config.sampling.predictor = 'ancestral_sampling'
-  config.sampling.corrector = 'none'
+  config.sampling.method = "pc"
+  config.sampling.predictor = "ancestral_sampling"
+  config.sampling.corrector = "none"
 
   config.data.centered = True
 

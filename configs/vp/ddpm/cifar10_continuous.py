@@ -13,5 +13,5 @@ from configs.vp.ddpm import cifar10
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10.get_config()
   config.training.continuous = True
-  config.sampling.predictor = 'euler_maruyama'
+  config.sampling.predictor = "euler_maruyama"
   return config
