@@ -106,6 +106,23 @@ def test_conditional_instance_norm_plus_matches_numpy(x64, ddof):
                              rtol=1e-10, atol=1e-12)
 
 
+def test_unconditional_normalisations_match_numpy(x64):
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 3, 4, 5)) * rng.uniform(0.5, 3, size=5) + rng.normal(size=5)
+  gamma, alpha, beta = rng.normal(size=(3, 5))
+  out = ncsn.InstanceNormPlus(ddof=0).apply(
+      {'params': {'gamma': gamma, 'alpha': alpha, 'beta': beta}}, jnp.asarray(x))
+  tile = lambda v: np.tile(v, (2, 1))
+  np.testing.assert_allclose(out, numpy_instance_norm_plus(x, tile(gamma), tile(alpha),
+                                                           tile(beta), 0), rtol=1e-10)
+  mu = x.mean(axis=(1, 2), keepdims=True)
+  s = np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
+  out = ncsn.InstanceNorm().apply({'params': {'scale': gamma, 'bias': beta}}, jnp.asarray(x))
+  np.testing.assert_allclose(out, gamma * (x - mu) / s + beta, rtol=1e-10)
+  out = ncsn.VarianceNorm().apply({'params': {'scale': gamma}}, jnp.asarray(x))
+  np.testing.assert_allclose(out, gamma * x / s, rtol=1e-10)
+
+
 def test_conditional_instance_norm_plus_init():
   x = jnp.ones((1, 2, 2, 5))
   table = ncsn.ConditionalInstanceNormPlus(num_classes=7).init(
