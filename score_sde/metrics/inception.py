@@ -13,6 +13,7 @@ Input: NHWC images in [0, 1] (see `preprocess_images`), bilinearly resized to 29
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -186,6 +187,7 @@ class InceptionV3FID(nn.Module):
     return {"pool_3": pool_3, "logits": logits}
 
 
+@functools.lru_cache(maxsize=1)
 def variable_shapes() -> dict:
   """Shapes of the FID Inception's variables ({'params', 'batch_stats'}), without running the network."""
   dummy = jax.ShapeDtypeStruct((1, INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE, 3), jnp.float32)

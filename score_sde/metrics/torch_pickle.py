@@ -172,21 +172,23 @@ def _load_zip(path: str):
 
 def _load_legacy(path: str):
   with open(path, "rb") as f:
+    # Every pickle in the file goes through the restricted unpickler, the small header ones too.
+    load_plain = lambda: _StateDictUnpickler(f, {}).load()
     try:
-      magic = pickle.load(f, encoding="utf-8")
+      magic = load_plain()
     except Exception as e:
       raise ValueError(f"{path} is neither a torch zip file nor a legacy torch file ({e}).") from e
     if magic != _LEGACY_MAGIC_NUMBER:
       raise ValueError(f"{path} is not a torch file (bad magic number).")
-    version = pickle.load(f, encoding="utf-8")
+    version = load_plain()
     if version != _LEGACY_PROTOCOL_VERSION:
       raise ValueError(f"{path}: unsupported legacy torch protocol version {version}.")
-    sys_info = pickle.load(f, encoding="utf-8")
+    sys_info = load_plain()
     if not sys_info.get("little_endian", True):
       raise ValueError(f"{path} was written on a big-endian machine; not supported.")
     storages: dict = {}
     obj = _StateDictUnpickler(f, storages).load()
-    storage_keys = pickle.load(f, encoding="utf-8")
+    storage_keys = load_plain()
     for key in storage_keys:
       ref = storages[str(key)]
       (numel,) = struct.unpack("<q", f.read(8))
