@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from score_sde.metrics import features as features_lib
-from score_sde.metrics import fid, inception_score, kid, precision_recall
+from score_sde.metrics import fid, inception, inception_score, kid, precision_recall
 from score_sde.metrics.convert_inception import InceptionWeights
 
 
@@ -29,14 +29,24 @@ class MetricResult:
 
 def evaluate_inception_metrics(sample_images, weights: InceptionWeights, reference_stats: fid.FeatureStats,
                                reference_pool3: np.ndarray | None = None, seed: int | None = None,
-                               batch_size: int = 50, is_splits: int = 10, kid_subsets: int = 100,
-                               kid_subset_size: int = 1000, pr_k: int = 3) -> dict[str, MetricResult]:
-  """FID and IS of samples; KID and precision/recall too when reference pool_3 features are given."""
+                               batch_size: int = 50, **metric_options) -> dict[str, MetricResult]:
+  """Inception features of NHWC samples (uint8 or [0, 1] floats), then `metrics_from_inception_features`."""
   feats = features_lib.features_from_images(sample_images, weights, batch_size)
-  sample_stats = fid.stats_from_features(feats.pool_3, **features_lib.stats_provenance(weights))
+  return metrics_from_inception_features(feats, weights.sha256, reference_stats, reference_pool3, seed,
+                                         **metric_options)
+
+
+def metrics_from_inception_features(feats: features_lib.InceptionFeatures, weights_sha256: str,
+                                    reference_stats: fid.FeatureStats, reference_pool3: np.ndarray | None = None,
+                                    seed: int | None = None, is_splits: int = 10, kid_subsets: int = 100,
+                                    kid_subset_size: int = 1000, pr_k: int = 3) -> dict[str, MetricResult]:
+  """FID and IS of sample features; KID and precision/recall too when reference pool_3 features are given."""
+  sample_stats = fid.stats_from_features(
+      feats.pool_3, feature_space=features_lib.FEATURE_SPACE, resize_mode=inception.RESIZE_MODE,
+      weights_sha256=weights_sha256)
   n = feats.pool_3.shape[0]
-  common = dict(num_samples=n, seed=seed, resize_mode=sample_stats.resize_mode,
-                weights_sha256=weights.sha256, feature_space=features_lib.FEATURE_SPACE)
+  common = dict(num_samples=n, seed=seed, resize_mode=inception.RESIZE_MODE, weights_sha256=weights_sha256,
+                feature_space=features_lib.FEATURE_SPACE)
   results = {
       "fid": MetricResult("fid", fid.fid_from_stats(sample_stats, reference_stats), None,
                           num_reference=reference_stats.num_images, **common)}
