@@ -9,6 +9,7 @@ from the same classifier weights (whose hash every result records).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import flax.linen as nn
@@ -90,6 +91,19 @@ def _to_gray_unit(images, image_size: int) -> np.ndarray:
   return images
 
 
+def _loss(params, images, labels):
+  logits, _ = DigitsCNN().apply({"params": params}, images)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "learning_rate"))
+def _train_step(params, opt_state, key, images, labels, batch_size, learning_rate):
+  idx = jax.random.choice(key, images.shape[0], (batch_size,), replace=False)
+  grads = jax.grad(_loss)(params, images[idx], labels[idx])
+  updates, opt_state = optax.adam(learning_rate).update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
 def train_digits_classifier(seed: int = 0, image_size: int = 16, num_steps: int = 200, batch_size: int = 64,
                             learning_rate: float = 3e-3) -> DigitsClassifier:
   """Trains `DigitsCNN` on the training split of the digits with Adam (a few seconds on CPU).
@@ -97,27 +111,13 @@ def train_digits_classifier(seed: int = 0, image_size: int = 16, num_steps: int 
   Deterministic given `seed` (initialisation and minibatch order) on a given backend.
   """
   (x_train, y_train), _ = train_test_split(*load_digits_images(image_size))
-  model = DigitsCNN()
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_key, jnp.zeros((1, image_size, image_size, 1)))["params"]
-  optimizer = optax.adam(learning_rate)
+  params = DigitsCNN().init(init_key, jnp.zeros((1, image_size, image_size, 1)))["params"]
+  opt_state = optax.adam(learning_rate).init(params)
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
-
-  def loss_fn(p, xb, yb):
-    logits, _ = model.apply({"params": p}, xb)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  @jax.jit
-  def step(p, opt_state, key):
-    idx = jax.random.choice(key, x_train.shape[0], (batch_size,), replace=False)
-    grads = jax.grad(loss_fn)(p, x_train[idx], y_train[idx])
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state
-
-  # A Python loop around one compiled step: XLA:CPU runs convolutions inside lax.scan far slower.
-  opt_state = optimizer.init(params)
+  # A Python loop around one compiled step: XLA:CPU runs these convolutions far slower inside lax.scan.
   for key in jax.random.split(data_key, num_steps):
-    params, opt_state = step(params, opt_state, key)
+    params, opt_state = _train_step(params, opt_state, key, x_train, y_train, batch_size, learning_rate)
   return DigitsClassifier(params=jax.device_get(params), image_size=image_size)
 
 
