@@ -119,7 +119,10 @@ def _state_dict_pickle(tensors, legacy):
   out = bytearray(b"\x80\x02" + _global("collections", "OrderedDict") + b")R(")
   for name, storage_name, key, numel, offset, shape, stride in tensors:
     out += _str(name) + _tensor(storage_name, key, numel, offset, shape, stride, legacy)
-  out += b"u."  # SETITEMS, STOP
+  out += b"u"  # SETITEMS
+  # state_dict() sets `_metadata` on the OrderedDict; pickle restores it with BUILD.
+  out += b"}" + _str("_metadata") + b"}" + _str("") + b"}" + _str("version") + _int(1) + b"sss" + b"b"
+  out += b"."  # STOP
   return bytes(out)
 
 
