@@ -258,3 +258,4 @@ def test_missing_file_error_names_file_url_flag_and_env(tmp_path, monkeypatch):
   monkeypatch.setenv(ci.INCEPTION_WEIGHTS_ENV, str(tmp_path / "from_env.pth"))
   with pytest.raises(FileNotFoundError, match="from_env.pth"):
     ci.load_inception_weights()
+
