@@ -53,8 +53,8 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def time_jax_step(config, batch: int, repeats: int) -> dict:
-  """Median seconds of one jitted DSM training step (plus compile time) for `config`."""
+def make_jax_step(config, batch: int):
+  """Compile one jitted DSM training step for `config`; returns (run_once, compile seconds)."""
   model = get_model(config)
   size, channels = config.data.image_size, config.data.num_channels
   x_shape = (batch, size, size, channels)
@@ -81,17 +81,15 @@ def time_jax_step(config, batch: int, repeats: int) -> dict:
   x = jax.random.uniform(keys[0], x_shape)
   z = jax.random.normal(keys[1], x_shape)
   sigma = jnp.full((batch,), 1.0)
-  start = time.perf_counter()
-  params, opt_state, loss = step(params, opt_state, x, sigma, z, keys[2])
-  jax.block_until_ready(loss)
-  compile_s = time.perf_counter() - start
   carry = {"p": params, "s": opt_state}
 
   def run():
-    carry["p"], carry["s"], l = step(carry["p"], carry["s"], x, sigma, z, keys[2])
-    jax.block_until_ready(l)
+    carry["p"], carry["s"], loss = step(carry["p"], carry["s"], x, sigma, z, keys[2])
+    jax.block_until_ready(loss)
 
-  return {"step_s": _median_time(run, repeats), "compile_s": compile_s}
+  start = time.perf_counter()
+  run()
+  return run, time.perf_counter() - start
 
 
 def _torch_upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
@@ -176,13 +174,23 @@ def main(argv=None):
   for case in args.cases.split(","):
     tiny = case == "tiny"
     batch = 8 if tiny else 1
-    fir_on = time_jax_step(ncsnpp_config(tiny, fir=True), batch, args.repeats)
-    line = (f"[{case} NCSN++, batch {batch}] JAX step {fir_on['step_s'] * 1e3:.1f} ms "
-            f"(compile {fir_on['compile_s']:.1f} s)")
+    run_fir, compile_s = make_jax_step(ncsnpp_config(tiny, fir=True), batch)
+    runs = {"fir on": run_fir}
     if not args.no_fir_share:
-      fir_off = time_jax_step(ncsnpp_config(tiny, fir=False), batch, args.repeats)
-      share = 1 - fir_off["step_s"] / fir_on["step_s"]
-      line += f"; fir off {fir_off['step_s'] * 1e3:.1f} ms -> FIR share {100 * share:.1f}%"
+      runs["fir off"], _ = make_jax_step(ncsnpp_config(tiny, fir=False), batch)
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so that load drift hits both alike
+      for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - start)
+    step_s = {name: statistics.median(t) for name, t in times.items()}
+    line = (f"[{case} NCSN++, batch {batch}] JAX step {step_s['fir on'] * 1e3:.1f} ms "
+            f"(compile {compile_s:.1f} s)")
+    if "fir off" in step_s:
+      share = 1 - step_s["fir off"] / step_s["fir on"]
+      line += (f"; fir off {step_s['fir off'] * 1e3:.1f} ms -> FIR share "
+               f"{100 * share:.1f}%")
     print(line, flush=True)
     if args.pytorch_ref:
       err = check_pytorch_outputs(args.pytorch_ref, ncsnpp_config(tiny, fir=True))
@@ -191,7 +199,7 @@ def main(argv=None):
                               args.repeats)
       print(f"[{case} NCSN++, batch {batch}] PyTorch reference step {ref['step_s'] * 1e3:.1f} ms "
             f"({ref['threads']} threads); JAX/PyTorch time ratio "
-            f"{fir_on['step_s'] / ref['step_s']:.2f}", flush=True)
+            f"{step_s['fir on'] / ref['step_s']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from score_sde.models import get_model
-from score_sde.models.layers import GaussianFourierProjection
+from score_sde.models.layers import AttnBlockpp, GaussianFourierProjection, ResnetBlockBigGANpp
 from score_sde.models.ncsnpp import NCSNpp, discrete_sigmas
 
 
@@ -98,6 +98,22 @@ def test_ddpm_parameter_count():
   assert round(ddpm_count_by_hand(attn_per_up_block=True) / 1e5) == 357
 
 
+def random_params(model, x, labels, seed=0):
+  """Random parameters of the model's exact shapes, without running its (slow, eager) init.
+
+  Weights ~ N(0, 0.05²) (GroupNorm scales 1 + that) so that every branch, including those the
+  reference initialises to ~0, visibly affects the output.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, labels, train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    offset = 1.0 if path[-1].key == "scale" else 0.0
+    return jnp.asarray(offset + 0.05 * rng.normal(size=s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes["params"])
+
+
 def tiny_config(**overrides):
   base = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), init_scale=0.1,
               scale_by_sigma=False)
@@ -145,9 +161,9 @@ def test_every_option_combination_builds(combo):
 def test_option_combinations_run_and_condition_on_noise(combo):
   model = get_model(combo_config(*combo))
   # One eager forward pass (cheap on a shared CPU): each image twice, with two noise labels.
-  x = jnp.repeat(jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3)), 2, axis=0)
+  x = X4
   labels = jnp.array([0.5, 3.0] * 2) if combo[3] == "fourier" else jnp.array([10.0, 700.0] * 2)
-  out, _ = model.init_with_output(jax.random.PRNGKey(0), x, labels, train=False)
+  out = model.apply({"params": random_params(model, x, labels)}, x, labels, train=False)
   assert out.shape == x.shape
   assert np.all(np.isfinite(out))
   # A different noise label must change the output for the same image (noise conditioning).
@@ -155,14 +171,18 @@ def test_option_combinations_run_and_condition_on_noise(combo):
   assert np.all(diff > 1e-4)
 
 
+# One input batch shared by the eager tests, so that they reuse each other's compiled ops.
+X4 = jnp.repeat(jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3)), 2, axis=0)
+
+
 def test_scale_by_sigma_divides_by_sigma_continuous_and_discrete():
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  x = X4
   for embedding_type, labels, sigmas in [
-      ("fourier", jnp.array([0.5, 3.0]), np.array([0.5, 3.0])),
-      ("positional", jnp.array([0, 999]), np.array([50.0, 0.01]))]:  # level 0 is σ_max
+      ("fourier", jnp.array([0.5, 3.0, 0.5, 3.0]), np.array([0.5, 3.0, 0.5, 3.0])),
+      ("positional", jnp.array([0, 999, 0, 999]), np.array([50.0, 0.01, 50.0, 0.01]))]:
     plain = get_model(tiny_config(embedding_type=embedding_type))
     scaled = get_model(tiny_config(embedding_type=embedding_type, scale_by_sigma=True))
-    params = plain.init(jax.random.PRNGKey(0), x, labels, train=False)["params"]
+    params = random_params(plain, x, labels)
     out = plain.apply({"params": params}, x, labels, train=False)
     out_scaled = scaled.apply({"params": params}, x, labels, train=False)
     np.testing.assert_allclose(out_scaled, out / sigmas[:, None, None, None], rtol=1e-5)
@@ -172,33 +192,39 @@ def test_scale_by_sigma_divides_by_sigma_continuous_and_discrete():
 
 def test_centered_handling():
   """Uncentered models map [0, 1] data to [-1, 1]: f_uncentered(x) == f_centered(2x - 1)."""
-  x = jax.random.uniform(jax.random.PRNGKey(1), (1, 8, 8, 3))
-  labels = jnp.array([1.0])
+  x, labels = X4, jnp.array([0.5, 3.0, 0.5, 3.0])
   uncentered = get_model(tiny_config())
   cfg = tiny_config()
   cfg.data.centered = True
   centered = get_model(cfg)
-  params = uncentered.init(jax.random.PRNGKey(0), x, labels, train=False)["params"]
+  params = random_params(uncentered, x, labels)
   np.testing.assert_allclose(uncentered.apply({"params": params}, x, labels, train=False),
                              centered.apply({"params": params}, 2 * x - 1, labels, train=False),
                              rtol=1e-5, atol=1e-6)
 
 
 def test_initialisation_scales():
-  """fan_avg uniform init: Var = scale / fan_avg; init_scale 0 -> 1e-10; NIN scale 0.1."""
-  config = tiny_config(init_scale=0.0)
-  model = get_model(config)
-  x = jnp.zeros((1, 8, 8, 3))
-  params = model.init(jax.random.PRNGKey(0), x, jnp.ones((1,)), train=False)["params"]
-  blk = params["ResnetBlockBigGANpp_0"]
-  w0 = np.asarray(blk["Conv_0"]["kernel"])  # 3x3, 8 -> 8: fan_avg = 72, limit sqrt(3/72)
-  assert abs(np.abs(w0).max() - np.sqrt(3 / 72)) < 0.02 and np.abs(w0).max() <= np.sqrt(3 / 72)
-  assert np.abs(np.asarray(blk["Conv_1"]["kernel"])).max() <= np.sqrt(3e-10 / 72)
-  nin = np.asarray(params["AttnBlockpp_0"]["NIN_0"]["W"])  # 16 -> 16, limit sqrt(3 * 0.1 / 16)
-  assert np.sqrt(3 * 0.1 / 16) * 0.8 < np.abs(nin).max() <= np.sqrt(3 * 0.1 / 16)
-  assert np.all(np.asarray(blk["Conv_0"]["bias"]) == 0)
-  w_fourier = np.asarray(params["GaussianFourierProjection_0"]["W"])
-  assert 8 < np.std(w_fourier) < 30  # N(0, 16^2), 8 samples
+  """fan_avg uniform init: limit sqrt(3 scale / fan_avg); init_scale 0 -> 1e-10; NIN scale 0.1."""
+  block = ResnetBlockBigGANpp(act=jax.nn.swish, out_ch=16, init_scale=0.0)
+  x = jnp.zeros((1, 4, 4, 8))
+  params = block.init(jax.random.PRNGKey(0), x, jnp.zeros((1, 32)), train=False)["params"]
+  limit = lambda scale, fan_in, fan_out: np.sqrt(3 * scale / ((fan_in + fan_out) / 2))
+  w0 = np.abs(np.asarray(params["Conv_0"]["kernel"]))  # 3x3, 8 -> 16
+  assert limit(1, 72, 144) * 0.9 < w0.max() <= limit(1, 72, 144)
+  w1 = np.abs(np.asarray(params["Conv_1"]["kernel"]))  # init_scale 0 -> 1e-10
+  assert limit(1e-10, 144, 144) * 0.9 < w1.max() <= limit(1e-10, 144, 144)
+  dense = np.abs(np.asarray(params["Dense_0"]["kernel"]))  # 32 -> 16
+  assert limit(1, 32, 16) * 0.9 < dense.max() <= limit(1, 32, 16)
+  assert np.all(np.asarray(params["Conv_0"]["bias"]) == 0)
+  assert np.all(np.asarray(params["GroupNorm_0"]["scale"]) == 1)
+  attn = AttnBlockpp(init_scale=0.0)
+  params = attn.init(jax.random.PRNGKey(1), jnp.zeros((1, 4, 4, 16)))["params"]
+  nin = np.abs(np.asarray(params["NIN_0"]["W"]))  # NIN default scale 0.1
+  assert limit(0.1, 16, 16) * 0.9 < nin.max() <= limit(0.1, 16, 16)
+  assert np.abs(np.asarray(params["NIN_3"]["W"])).max() <= limit(1e-10, 16, 16)
+  fourier = GaussianFourierProjection(embedding_size=4000, scale=16.0)
+  w = np.asarray(fourier.init(jax.random.PRNGKey(2), jnp.ones((1,)))["params"]["W"])
+  assert abs(np.std(w) - 16.0) < 16.0 * 4 / np.sqrt(2 * 4000)  # 4 standard errors
 
 
 def test_fourier_features_are_frozen():
@@ -216,9 +242,8 @@ def test_fourier_features_are_frozen():
 
 def test_dropout_rng_behaviour():
   model = get_model(tiny_config(dropout=0.5))
-  x = jax.random.uniform(jax.random.PRNGKey(1), (1, 8, 8, 3))
-  labels = jnp.array([1.0])
-  params = model.init(jax.random.PRNGKey(0), x, labels, train=False)["params"]
+  x, labels = X4, jnp.array([0.5, 3.0, 0.5, 3.0])
+  params = random_params(model, x, labels)
   run = lambda key: model.apply({"params": params}, x, labels, train=True,
                                 rngs={"dropout": jax.random.PRNGKey(key)})
   np.testing.assert_array_equal(run(3), run(3))
@@ -236,12 +261,7 @@ def test_ddpm_forward_and_conditioning():
   model = get_model(config)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
   labels = jnp.array([10.0, 900.0])
-  params = model.init(jax.random.PRNGKey(0), x, labels, train=False)["params"]
-  # DDPM zero-initialises the last conv of every branch (scale 1e-10); perturb all weights so
-  # that the time embedding visibly reaches the output.
-  rng = np.random.default_rng(2)
-  params = jax.tree_util.tree_map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(a.dtype),
-                                  params)
+  params = random_params(model, x, labels)
   out = model.apply({"params": params}, x, labels, train=False)
   assert out.shape == x.shape and np.all(np.isfinite(out))
   out_swapped = model.apply({"params": params}, x, labels[::-1], train=False)
