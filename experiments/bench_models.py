@@ -92,6 +92,58 @@ def make_jax_step(config, batch: int):
   return run, time.perf_counter() - start
 
 
+def _naive_upfirdn2d(x, k, up=1, down=1, pad=(0, 0)):
+  """Baseline: materialise the zero-inserted, padded image, then one depthwise conv, decimate."""
+  k2 = np.outer(k, k) if np.ndim(k) == 1 else np.asarray(k)
+  c = x.shape[-1]
+  z = jax.lax.pad(x, 0.0, ((0, 0, 0), (pad[0], pad[1] + up - 1, up - 1),
+                           (pad[0], pad[1] + up - 1, up - 1), (0, 0, 0)))
+  w = jnp.asarray(np.tile(k2[::-1, ::-1, None, None], (1, 1, 1, c)), x.dtype)
+  y = jax.lax.conv_general_dilated(z, w, (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                   feature_group_count=c)
+  return y[:, ::down, ::down]
+
+
+def bench_fir_ops(repeats: int):
+  """Forward+backward time of each FIR op at tiny-model shapes: ours vs a materialising baseline."""
+  from score_sde.models import up_or_down_sampling as fir  # pylint: disable=import-outside-toplevel
+  k = [1, 3, 3, 1]
+  k_up, k_dn = fir.setup_kernel(k, 2), fir.setup_kernel(k)
+  lo_res = jax.random.normal(jax.random.PRNGKey(0), (8, 16, 16, 64))
+  hi_res = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 64))
+  w = 0.05 * jax.random.normal(jax.random.PRNGKey(2), (3, 3, 64, 64))
+  conv = lambda a, stride=1: jax.lax.conv_general_dilated(
+      a, w, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  full_transposed = lambda a: jax.lax.conv_general_dilated(  # zero-dilated input, pad K-1
+      a, w, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  cases = {
+      "upsample_2d 16->32": (lo_res, lambda a: fir.upsample_2d(a, k),
+                             lambda a: _naive_upfirdn2d(a, k_up, up=2, pad=(2, 1))),
+      "downsample_2d 32->16": (hi_res, lambda a: fir.downsample_2d(a, k),
+                               lambda a: _naive_upfirdn2d(a, k_dn, down=2, pad=(1, 1))),
+      "upsample_conv_2d 16->32": (lo_res, lambda a: fir.upsample_conv_2d(a, w, k),
+                                  lambda a: _naive_upfirdn2d(full_transposed(a), k_up,
+                                                             pad=(1, 1))),
+      "conv_downsample_2d 32->16": (hi_res, lambda a: fir.conv_downsample_2d(a, w, k),
+                                    lambda a: conv(_naive_upfirdn2d(a, k_dn, pad=(2, 2)), 2)),
+  }
+  for name, (inp, ours, baseline) in cases.items():
+    fns = {label: jax.jit(jax.value_and_grad(lambda a, f=f: jnp.sum(f(a) ** 2)))
+           for label, f in (("ours", ours), ("baseline", baseline))}
+    np.testing.assert_allclose(fns["ours"](inp)[0], fns["baseline"](inp)[0], rtol=1e-4)
+    times = {label: [] for label in fns}
+    for _ in range(repeats):
+      for label, fn in fns.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(inp))
+        times[label].append(time.perf_counter() - start)
+    print(f"[FIR op, batch 8, 64 ch, fwd+bwd] {name}: ours "
+          f"{statistics.median(times['ours']) * 1e3:.2f} ms, materialising baseline "
+          f"{statistics.median(times['baseline']) * 1e3:.2f} ms", flush=True)
+
+
 def _torch_upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
   """Pure-PyTorch upfirdn2d (NCHW): zero-insert, pad, true 2-D convolution, decimate."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -169,9 +221,12 @@ def main(argv=None):
   parser.add_argument("--cases", default="tiny,full")
   parser.add_argument("--no-fir-share", action="store_true", help="skip the fir=False timing")
   parser.add_argument("--pytorch-ref", default=None, help="path to a score_sde_pytorch checkout")
+  parser.add_argument("--fir-ops", action="store_true", help="also time the FIR ops alone")
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.repeats} repeats (median)")
-  for case in args.cases.split(","):
+  if args.fir_ops:
+    bench_fir_ops(args.repeats)
+  for case in filter(None, args.cases.split(",")):
     tiny = case == "tiny"
     batch = 8 if tiny else 1
     run_fir, compile_s = make_jax_step(ncsnpp_config(tiny, fir=True), batch)

@@ -275,7 +275,7 @@ def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict:
 
 
 def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, config, source: str):
-  expected = dict(_flatten(jax.tree_util.tree_map(lambda s: s, _expected_params(model, config))))
+  expected = dict(_flatten(_expected_params(model, config)))
   missing = sorted("/".join(p) for p in expected if p not in flat)
   unexpected = sorted("/".join(p) for p in flat if p not in expected)
   if missing or unexpected:

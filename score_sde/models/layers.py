@@ -7,7 +7,7 @@ Initialisation (reference): variance scaling, fan_avg, uniform, with a per-layer
 means 1e-10 (the last convolution of each residual branch starts near zero); NIN layers default to 0.1.
 """
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
