@@ -8,6 +8,7 @@ from typing import Callable, Dict
 
 import flax.linen as nn
 
+from score_sde.models import ncsn
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
 
@@ -64,10 +65,15 @@ def _ncsnpp(config) -> nn.Module:
   return model
 
 
-# Plain name -> constructor table; other model families add their entries here.
+# Plain name -> constructor table (names as in the reference configs).
 MODELS: Dict[str, Callable] = {
     "ncsnpp": _ncsnpp,
     "ddpm": _ddpm,
+    "ncsn": ncsn.ncsn_from_config,
+    "ncsnv2": ncsn.ncsnv2_from_config,
+    "ncsnv2_64": ncsn.ncsnv2_64_from_config,
+    "ncsnv2_128": ncsn.ncsnv2_128_from_config,
+    "ncsnv2_256": ncsn.ncsnv2_256_from_config,
 }
 
 

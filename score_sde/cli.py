@@ -1,0 +1,56 @@
+"""Command line: ``python main.py --config CONFIG --workdir DIR --mode MODE`` (also ``score-sde``).
+
+Config fields are overridden with ``--config.training.batch_size=64``; an unknown field or a value
+of the wrong type is rejected by ml_collections with the field's name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+MODES = ("train", "eval", "sample", "likelihood")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/digits/ddpmpp_vp_small.py.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, TensorBoard logs.")
+flags.DEFINE_enum("mode", "train", MODES,
+                  "train: train or resume; eval: evaluate snapshots as they appear (loss, bits/dim, "
+                  "samples); sample: write samples of the newest checkpoint; likelihood: bits/dim "
+                  "of the newest checkpoint on the test split.")
+flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 for multi-host runs (jax.distributed.initialize).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host run.")
+
+
+def _run(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from score_sde import distributed, run_lib  # after flag parsing: importing jax is slow
+
+  distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                           FLAGS.process_id)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.mode == "train":
+    run_lib.train(config, workdir)
+  elif FLAGS.mode == "eval":
+    run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+  elif FLAGS.mode == "sample":
+    run_lib.sample(config, workdir)
+  elif FLAGS.mode == "likelihood":
+    run_lib.likelihood(config, workdir)
+
+
+def main(argv=None):
+  # Config files import their bases as `configs.*`, relative to the repository root.
+  sys.path.insert(0, os.getcwd())
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(_run, argv)

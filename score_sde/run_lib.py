@@ -1,0 +1,335 @@
+"""Training, evaluation and sampling runs driven by a config: what ``main.py`` calls."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import checkpointing, config_utils, datasets, distributed, logging_utils, training
+from score_sde import models, optim
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+# --- setup shared by every mode ------------------------------------------------------------
+
+class Experiment:
+  """The objects a config describes: mesh, SDE, model, optimiser and the (abstract) train state."""
+
+  def __init__(self, config):
+    self.config = config
+    self.mesh = distributed.data_mesh()
+    self.replicated = distributed.replicated(self.mesh)
+    self.sde = config_utils.get_sde(config)
+    self.module = models.get_model(config)
+    self.model_fn = training.linen_model_fn(self.module)
+    self.optimizer = config_utils.get_optimizer(config)
+    self.scaler = datasets.get_data_scaler(config)
+    self.inverse_scaler = datasets.get_data_inverse_scaler(config)
+    self.root_key = jax.random.PRNGKey(config.seed)
+    init_key, self.train_key, self.eval_key, self.sample_key = jax.random.split(self.root_key, 4)
+    init_shape = config_utils.image_shape(config, 1)
+    init = jax.jit(lambda k: training.init_train_state(k, self.module, self.optimizer, init_shape),
+                   out_shardings=self.replicated)
+    self._init = lambda: init(init_key)
+    self._samplers = {}
+
+  def sampler(self, batch_size: int):
+    """The configured sampler for ``batch_size`` images, ``(key, params) -> (x, nfe)``, built once."""
+    if batch_size not in self._samplers:
+      shape = config_utils.image_shape(self.config, batch_size)
+      self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde, self.model_fn,
+                                                            shape)
+    return self._samplers[batch_size]
+
+  def fresh_state(self) -> training.TrainState:
+    return self._init()
+
+  def abstract_state(self):
+    return checkpointing.abstract_like(jax.eval_shape(self._init))
+
+  def to_global(self, local: np.ndarray, batch_axis: int = 0) -> jax.Array:
+    return distributed.global_array(local, distributed.batch_sharding(self.mesh, batch_axis),
+                                    batch_axis)
+
+
+def _stacked_batches(it: Iterator[dict], k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Stacks k consecutive batches: images [k, B_local, H, W, C] and labels [k, B_local]."""
+  batches = [next(it) for _ in range(k)]
+  return np.stack([b["image"] for b in batches]), np.stack([b["label"] for b in batches])
+
+
+def _crossed(prev_step: int, step: int, freq: int) -> bool:
+  return freq > 0 and step // freq > prev_step // freq
+
+
+# --- training ------------------------------------------------------------------------------
+
+def train(config, workdir: str) -> training.TrainState:
+  """Trains from scratch or resumes from the newest checkpoint in ``workdir``."""
+  cfg = config.training
+  distributed.check_batch_size(cfg.batch_size)
+  exp = Experiment(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  writer = logging_utils.MetricWriter(os.path.join(workdir, "tensorboard"))
+  ckpts = checkpointing.TrainCheckpoints(workdir)
+
+  state = ckpts.restore_latest(exp.abstract_state()) or exp.fresh_state()
+  initial_step = int(state.step)
+  if initial_step:
+    log.info("Resuming from step %d in %s", initial_step, workdir)
+
+  k = cfg.n_jitted_steps
+  train_loss = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=True)
+  train_step = jax.jit(
+      training.make_train_step(train_loss, exp.optimizer, config.model.ema_rate),
+      in_shardings=(exp.replicated, distributed.batch_sharding(exp.mesh, 1), exp.replicated),
+      out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
+  eval_loss = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=False)
+  eval_step = jax.jit(training.make_eval_step(eval_loss))
+  train_iter = datasets.get_dataset(config, split="train", batch_size=cfg.batch_size,
+                                    shuffle_seed=config.seed, start_step=initial_step)
+  eval_iter = datasets.get_dataset(config, split="test", batch_size=cfg.batch_size,
+                                   shuffle_seed=config.seed + 1, evaluation=True)
+  schedule = optim.learning_rate_schedule(config.optim.lr, config.optim.warmup)
+
+  step = initial_step
+  bar = logging_utils.ProgressBar(total=cfg.n_iters, initial=step, desc="train",
+                                  examples_per_step=cfg.batch_size)
+  last_saved = initial_step if initial_step else None
+  compiled = False
+  try:
+    while step < cfg.n_iters:
+      images, _ = _stacked_batches(train_iter, k)
+      batch = exp.to_global(exp.scaler(images), batch_axis=1)
+      if not compiled:
+        train_step = train_step.lower(state, batch, exp.train_key).compile()
+        distributed.barrier("score_sde_train_step_compiled")
+        compiled = True
+      state, metrics = train_step(state, batch, exp.train_key)
+      losses = np.asarray(metrics["loss"])
+      prev, step = step, step + k
+      if not np.all(np.isfinite(losses)):
+        ckpts.wait_until_finished()
+        where = (f"the last good checkpoint is step {last_saved} in {workdir}" if last_saved
+                 else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"Loss became {losses[~np.isfinite(losses)][0]} between steps {prev} and {step}; "
+            f"training stopped and {where}. Lower config.optim.lr, keep config.optim.grad_clip "
+            f"positive, or check the data for NaNs.")
+      bar.update(k, loss=float(losses[-1]))
+      if _crossed(prev, step, cfg.log_freq) or step >= cfg.n_iters:
+        grad_norm = float(np.asarray(metrics["grad_norm"])[-1])
+        writer.scalars(step, {"training_loss": float(losses[-1]), "grad_norm": grad_norm,
+                              "learning_rate": float(schedule(step - 1))})
+        log.info("step %d: loss %.5f, grad norm %.3f", step, losses[-1], grad_norm)
+      if _crossed(prev, step, cfg.eval_freq):
+        batch = next(eval_iter)
+        key = jax.random.fold_in(exp.eval_key, step)
+        eval_losses = eval_step(state.ema_params, jnp.asarray(exp.scaler(batch["image"])), key)
+        writer.scalars(step, {"eval_loss": float(jnp.mean(eval_losses))})
+      snapshot = _crossed(prev, step, cfg.snapshot_freq) or step >= cfg.n_iters
+      if snapshot or _crossed(prev, step, cfg.snapshot_freq_for_preemption):
+        ckpts.save(step, state, snapshot=snapshot)
+        last_saved = step
+        if snapshot and cfg.snapshot_sampling:
+          _write_sample_grid(exp, state.ema_params, step, workdir, writer)
+  finally:
+    bar.close()
+    ckpts.wait_until_finished()
+    ckpts.close()
+    writer.close()
+    train_iter.close()
+    eval_iter.close()
+  if is_main:
+    log.info("Training finished at step %d", step)
+  return state
+
+
+def _write_sample_grid(exp: Experiment, params, step: int, workdir: str, writer) -> None:
+  config = exp.config
+  n = config.training.get("snapshot_num_samples", 64)
+  samples, _ = exp.sampler(n)(jax.random.fold_in(exp.sample_key, step), params)
+  images = np.clip(np.asarray(exp.inverse_scaler(samples)), 0.0, 1.0)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "samples", f"iter_{step}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    logging_utils.save_image_grid(images, path)
+    writer.image_grid(step, "samples", images)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def _atomic_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _atomic_npz(path: str, **arrays) -> None:
+  tmp = path + ".tmp.npz"
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _test_loss(exp: Experiment, params, key) -> float:
+  config = exp.config
+  loss_fn = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=False)
+  eval_step = jax.jit(training.make_eval_step(loss_fn))
+  total, count = 0.0, 0
+  with datasets.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
+                            evaluation=True, drop_remainder=False) as it:
+    for i, batch in enumerate(it):
+      losses = np.asarray(eval_step(params, jnp.asarray(exp.scaler(batch["image"])),
+                                    jax.random.fold_in(key, i)))
+      total += float(losses[batch["mask"]].sum())
+      count += int(batch["mask"].sum())
+  return total / count
+
+
+def _test_bpd(exp: Experiment, params, key) -> float:
+  """Bits/dim of the test split with uniform dequantization, repeated eval.bpd_num_repeats times."""
+  from score_sde import likelihood, sde as sde_module
+
+  config = exp.config
+  score_fn = sde_module.get_score_fn(exp.sde, exp.model_fn, params,
+                                     continuous=config.training.continuous)
+  bpd_fn = jax.jit(lambda k, x: likelihood.bits_per_dim(
+      k, score_fn, exp.sde, x, centered=config.data.centered, dequantize=True,
+      n_repeats=config.eval.get("bpd_num_repeats", 5), rtol=config.eval.get("bpd_rtol", 1e-5),
+      atol=config.eval.get("bpd_atol", 1e-5))[0])
+  values = []
+  with datasets.get_dataset(config, split=config.eval.get("bpd_dataset", "test"),
+                            batch_size=config.eval.batch_size, num_epochs=1, evaluation=True,
+                            drop_remainder=False) as it:
+    bar = logging_utils.ProgressBar(total=len(it), desc="bits/dim")
+    for i, batch in enumerate(it):
+      bpd = np.asarray(bpd_fn(jax.random.fold_in(key, i), jnp.asarray(batch["image"])))
+      values.append(bpd[batch["mask"]])
+      bar.update(1)
+    bar.close()
+  return float(np.mean(np.concatenate(values)))
+
+
+def _sample_rounds(exp: Experiment, params, key, out_dir: str) -> np.ndarray:
+  """config.eval.num_samples samples in rounds of eval.batch_size, one .npz shard per round.
+
+  A shard already on disk is kept, so an interrupted evaluation resumes where it stopped.
+  """
+  config = exp.config
+  n, b = config.eval.num_samples, config.eval.batch_size
+  sampler = exp.sampler(b)
+  shards = []
+  bar = logging_utils.ProgressBar(total=-(-n // b), desc="sampling")
+  for r in range(-(-n // b)):
+    path = os.path.join(out_dir, f"samples_{r}.npz")
+    if not os.path.exists(path):
+      x, _ = sampler(jax.random.fold_in(key, r), params)
+      images = np.clip(np.asarray(exp.inverse_scaler(x)), 0.0, 1.0)
+      _atomic_npz(path, samples=np.round(images * 255).astype(np.uint8))
+    shards.append(np.load(path)["samples"])
+    bar.update(1)
+  bar.close()
+  return np.concatenate(shards)[:n]
+
+
+def _sample_metrics(config, samples: np.ndarray, out_dir: str) -> dict:
+  """Offline sample quality for the built-in digits: the Fréchet Digits Distance to the test split."""
+  if config.data.dataset.lower() != "digits":
+    return {}
+  from score_sde.metrics import digits_classifier as dc
+
+  classifier = dc.train_digits_classifier(seed=0, image_size=config.data.image_size)
+  _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(config.data.image_size))
+  result = dc.frechet_digits_distance(samples, x_test, classifier, seed=config.seed)
+  return {"fdd": result.as_dict()}
+
+
+def evaluate(config, workdir: str, eval_folder: str = "eval") -> dict:
+  """Evaluates snapshots eval.begin_ckpt..eval.end_ckpt (step = ckpt * snapshot_freq) as they appear.
+
+  Writes ``report_<step>.json`` per checkpoint; ``meta.json`` lists finished ones so a restarted
+  evaluation skips them, and sample shards already written are reused.
+  """
+  exp = Experiment(config)
+  eval_dir = os.path.join(workdir, eval_folder)
+  os.makedirs(eval_dir, exist_ok=True)
+  meta_path = os.path.join(eval_dir, "meta.json")
+  done = json.load(open(meta_path))["done"] if os.path.exists(meta_path) else []
+  ckpts = checkpointing.TrainCheckpoints(workdir, read_only=True)
+  reports = {}
+  for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
+    step = ckpt * config.training.snapshot_freq
+    if step in done:
+      continue
+    if not ckpts.wait_for_snapshot(step, timeout_s=config.eval.get("checkpoint_timeout_s", 3600.0)):
+      log.warning("Snapshot at step %d did not appear in %s; stopping evaluation.", step,
+                  ckpts.snapshot_dir)
+      break
+    params = ckpts.restore_snapshot(step, exp.abstract_state()).ema_params
+    key = jax.random.fold_in(exp.eval_key, step)
+    report = {"step": step, "checkpoint": ckpt}
+    if config.eval.enable_loss:
+      report["eval_loss"] = _test_loss(exp, params, jax.random.fold_in(key, 0))
+    if config.eval.enable_bpd:
+      report["bpd"] = _test_bpd(exp, params, jax.random.fold_in(key, 1))
+    if config.eval.enable_sampling:
+      out_dir = os.path.join(eval_dir, f"ckpt_{ckpt}")
+      os.makedirs(out_dir, exist_ok=True)
+      samples = _sample_rounds(exp, params, jax.random.fold_in(key, 2), out_dir)
+      if jax.process_index() == 0:
+        logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
+                                      os.path.join(out_dir, "samples.png"))
+      report.update(_sample_metrics(config, samples, out_dir))
+    if jax.process_index() == 0:
+      _atomic_json(os.path.join(eval_dir, f"report_{step}.json"), report)
+      done.append(step)
+      _atomic_json(meta_path, {"done": done})
+    log.info("Evaluation of step %d: %s", step, report)
+    reports[step] = report
+  ckpts.close()
+  return reports
+
+
+def _latest_params(exp: Experiment, workdir: str):
+  ckpts = checkpointing.TrainCheckpoints(workdir, read_only=True)
+  state = ckpts.restore_latest(exp.abstract_state())
+  ckpts.close()
+  if state is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints or {workdir}/checkpoints-meta; "
+                            "train first (--mode train) or point --workdir at a training run.")
+  return int(state.step), state.ema_params
+
+
+def sample(config, workdir: str) -> str:
+  """Writes eval.num_samples samples of the newest checkpoint to workdir/samples/final_<step>."""
+  exp = Experiment(config)
+  step, params = _latest_params(exp, workdir)
+  out_dir = os.path.join(workdir, "samples", f"final_{step}")
+  os.makedirs(out_dir, exist_ok=True)
+  samples = _sample_rounds(exp, params, jax.random.fold_in(exp.sample_key, step), out_dir)
+  path = os.path.join(out_dir, "samples.png")
+  logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0, path)
+  log.info("Wrote %d samples and %s", len(samples), path)
+  return path
+
+
+def likelihood(config, workdir: str) -> float:
+  """Bits/dim of the newest checkpoint on the test split; written to workdir/likelihood_<step>.json."""
+  exp = Experiment(config)
+  step, params = _latest_params(exp, workdir)
+  bpd = _test_bpd(exp, params, jax.random.fold_in(exp.eval_key, step))
+  _atomic_json(os.path.join(workdir, f"likelihood_{step}.json"), {"step": step, "bpd": bpd})
+  log.info("bits/dim at step %d: %.4f", step, bpd)
+  return bpd

@@ -1,0 +1,80 @@
+"""Train state and the compiled training/evaluation steps.
+
+One jitted call runs ``n_jitted_steps`` optimiser steps through ``lax.scan``. Randomness is derived
+from the step alone, ``fold_in(train_key, step)``, and the noise for the whole global batch is drawn
+inside jit, so a step gives identical results on any number of devices or processes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from score_sde.losses import LossFn
+
+Params = Any
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training and is checkpointed."""
+
+  step: jax.Array  # int32 scalar: number of optimiser steps taken
+  params: Params
+  ema_params: Params
+  opt_state: optax.OptState
+
+
+def linen_model_fn(module: nn.Module) -> Callable:
+  """Adapts a linen module to the project's ``model_fn(params, x, labels, train=, rng=)``."""
+
+  def model_fn(params, x, labels, *, train: bool = False, rng=None):
+    rngs = {"dropout": rng} if (train and rng is not None) else None
+    return module.apply({"params": params}, x, labels, train=train, rngs=rngs)
+
+  return model_fn
+
+
+def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.GradientTransformation,
+                     input_shape: tuple[int, ...]) -> TrainState:
+  """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C]."""
+  x = jnp.zeros(input_shape, jnp.float32)
+  labels = jnp.zeros(input_shape[:1], jnp.int32)
+  params = module.init({"params": key, "dropout": key}, x, labels, train=False)["params"]
+  ema_params = jax.tree.map(jnp.copy, params)  # separate buffers: the state is donated
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=optimizer.init(params))
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    ema_rate: float) -> Callable:
+  """Returns ``train_step(state, batches [K, B, ...], train_key) -> (state, metrics [K])``."""
+
+  def one_step(state: TrainState, batch, train_key):
+    key = jax.random.fold_in(train_key, state.step)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                              state.ema_params, params)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                           opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  def train_step(state: TrainState, batches, train_key):
+    return jax.lax.scan(lambda s, b: one_step(s, b, train_key), state, batches)
+
+  return train_step
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable:
+  """Returns ``eval_step(params, batch, key) -> per-sample losses [B]``."""
+
+  def eval_step(params, batch, key):
+    return loss_fn(params, key, batch)[1]["losses"]
+
+  return eval_step

@@ -1,0 +1,46 @@
+"""Runs a tiny training job in its own process (device count and jax.distributed are per process).
+
+  python -m tests.helpers.train_worker OUT_NPZ WORKDIR N_ITERS [--coordinator HOST:PORT
+      --num_processes P --process_id I]
+
+Writes the final parameters and the logged per-step losses to OUT_NPZ (from process 0).
+"""
+import argparse
+import logging
+import os
+
+import jax
+import numpy as np
+
+from score_sde import distributed, logging_utils, run_lib
+from tests.helpers.tiny_config import tiny_config
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("out")
+  parser.add_argument("workdir")
+  parser.add_argument("n_iters", type=int)
+  parser.add_argument("--coordinator")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
+  parser.add_argument("--preemption_freq", type=int, default=2)
+  args = parser.parse_args()
+  logging.basicConfig(level=logging.WARNING)
+  distributed.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  config = tiny_config()
+  config.training.n_iters = args.n_iters
+  config.training.snapshot_freq_for_preemption = args.preemption_freq
+  state = run_lib.train(config, args.workdir)
+  params = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  # Parameters are replicated: every process holds a full copy.
+  flat = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in params}
+  if jax.process_index() == 0:
+    scalars = logging_utils.read_scalars(os.path.join(args.workdir, "tensorboard"))
+    np.savez(args.out, losses=np.asarray([v for _, v in scalars["training_loss"]]),
+             steps=np.asarray([s for s, _ in scalars["training_loss"]]),
+             n_devices=jax.device_count(), **flat)
+
+
+if __name__ == "__main__":
+  main()

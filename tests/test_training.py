@@ -1,0 +1,123 @@
+"""Training system: exact resume after a kill, sharded steps, multi-process runs, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker_cmd(out, workdir, n_iters, *extra):
+  return [sys.executable, "-m", "tests.helpers.train_worker", str(out), str(workdir), str(n_iters),
+          *extra]
+
+
+def _env(n_devices=1):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+  return env
+
+
+def _run(cmd, env, timeout=600):
+  result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _params(npz):
+  return {k: npz[k] for k in npz.files if k.startswith("[")}
+
+
+def _assert_same_params(a, b, rtol=0.0, atol=0.0):
+  pa, pb = _params(a), _params(b)
+  assert pa.keys() == pb.keys() and pa
+  for k in pa:
+    np.testing.assert_allclose(pa[k], pb[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def _losses_by_step(npz):
+  return dict(zip(npz["steps"].tolist(), npz["losses"].tolist()))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """Reference: 8 uninterrupted steps on one device."""
+  d = tmp_path_factory.mktemp("uninterrupted")
+  _run(_worker_cmd(d / "out.npz", d / "wd", 8), _env(1))
+  return np.load(d / "out.npz")
+
+
+def _kill_when(proc, condition, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if proc.poll() is not None:
+      return False
+    if condition():
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+      return True
+    time.sleep(0.005)
+  proc.kill()
+  raise AssertionError("the kill condition never held")
+
+
+def _checkpoint_steps(workdir):
+  meta = os.path.join(workdir, "checkpoints-meta")
+  if not os.path.isdir(meta):
+    return []
+  return sorted(int(n) for n in os.listdir(meta) if n.isdigit())
+
+
+def _saving_in_progress(workdir):
+  meta = os.path.join(workdir, "checkpoints-meta")
+  return os.path.isdir(meta) and any("tmp" in n for n in os.listdir(meta))
+
+
+@pytest.mark.parametrize("kill_during_save", [False, True], ids=["after_step_4", "during_save"])
+def test_kill_and_resume_is_exact(uninterrupted, tmp_path, kill_during_save):
+  workdir = tmp_path / "wd"
+  proc = subprocess.Popen(_worker_cmd(tmp_path / "ignored.npz", workdir, 8), env=_env(1), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  if kill_during_save:
+    killed = _kill_when(proc, lambda: _checkpoint_steps(workdir) and _saving_in_progress(workdir))
+  else:
+    killed = _kill_when(proc, lambda: 4 in _checkpoint_steps(workdir))
+  assert killed, "the run finished before it could be killed"
+  resumed_from = max(_checkpoint_steps(workdir))
+  assert resumed_from < 8
+  _run(_worker_cmd(tmp_path / "out.npz", workdir, 8), _env(1))
+  resumed = np.load(tmp_path / "out.npz")
+  _assert_same_params(resumed, uninterrupted)  # bit-identical
+  ref = _losses_by_step(uninterrupted)
+  for step, loss in _losses_by_step(resumed).items():
+    assert loss == ref[step], step
+  assert set(range(resumed_from + 1, 9)) <= set(_losses_by_step(resumed))
+
+
+def test_four_devices_match_one(uninterrupted, tmp_path):
+  _run(_worker_cmd(tmp_path / "out.npz", tmp_path / "wd", 8), _env(4))
+  four = np.load(tmp_path / "out.npz")
+  assert int(four["n_devices"]) == 4
+  # Same noise and data on any device count; only reduction order differs (float32 rounding).
+  np.testing.assert_allclose(four["losses"], uninterrupted["losses"], rtol=1e-4)
+  _assert_same_params(four, uninterrupted, rtol=1e-3, atol=1e-5)
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path):
+  port = 20000 + os.getpid() % 20000
+  procs = [subprocess.Popen(
+      _worker_cmd(tmp_path / f"out{i}.npz", tmp_path / "wd2", 4, "--coordinator",
+                  f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)),
+      env=_env(2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-4000:]
+  _run(_worker_cmd(tmp_path / "single.npz", tmp_path / "wd1", 4), _env(4))
+  multi, single = np.load(tmp_path / "out0.npz"), np.load(tmp_path / "single.npz")
+  assert int(multi["n_devices"]) == 4 and int(single["n_devices"]) == 4
+  np.testing.assert_allclose(multi["losses"], single["losses"], rtol=1e-5)
+  _assert_same_params(multi, single, rtol=1e-4, atol=1e-6)
