@@ -114,22 +114,31 @@ def _ddim_sample(key, model, sde, timesteps, eta, *, shape, stochastic, denoise)
   return x, n + int(denoise)
 
 
+def ddim_ode(model: edm.Model, sde: SDE, x: Array, timesteps) -> tuple[Array, dict]:
+  """The η = 0 update along a strictly monotone grid from x at timesteps[0]: decreasing times
+  generate, increasing times invert. Returns (x at timesteps[-1], {'nfe'})."""
+  timesteps = jnp.asarray(timesteps)
+  descending = bool(timesteps.shape[0] > 1 and timesteps[1] < timesteps[0])
+  timesteps = _check_timesteps(timesteps, descending=descending)
+  x = _ddim_ode(edm.as_traceable(model), sde, x, timesteps.astype(x.dtype))
+  return x, {"nfe": timesteps.shape[0] - 1}
+
+
 def ddim_invert(model: edm.Model, sde: SDE, x: Array, *, num_steps: int = 50, timesteps=None,
                 eps: float = 1e-3) -> tuple[Array, dict]:
   """DDIM inversion: the η = 0 update run from t = eps up to T, mapping data x [B, ...] to x_T.
 
-  Generating from the result with the reversed grid returns x up to the O(1/num_steps) error of
-  the two first-order discretisations. Returns (x_T, {'nfe'}).
+  Generating from the result with the reversed grid (``ddim_ode``) returns x up to the O(1/num_steps)
+  error of the two first-order discretisations. Returns (x_T, {'nfe'}).
   """
   if timesteps is None:
     timesteps = uniform_timesteps(sde, num_steps, eps)[::-1]
   timesteps = _check_timesteps(timesteps, descending=False)
-  x_T = _ddim_invert(edm.as_traceable(model), sde, x, timesteps.astype(x.dtype))
-  return x_T, {"nfe": timesteps.shape[0] - 1}
+  return ddim_ode(model, sde, x, timesteps)
 
 
 @jax.jit
-def _ddim_invert(model, sde, x, timesteps):
+def _ddim_ode(model, sde, x, timesteps):
   x0_fn = edm.data_prediction(model, sde)
   step = lambda x, ts: (ddim_step(x0_fn, sde, x, ts[0], ts[1], 0.0, None), None)
   x, _ = jax.lax.scan(step, x, (timesteps[:-1], timesteps[1:]))
