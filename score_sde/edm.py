@@ -39,6 +39,8 @@ def as_traceable(fn: Callable):
   anything else becomes a static ``Partial`` compared by identity."""
   if not callable(fn):
     raise TypeError(f"Expected a callable score_fn(x, t) or Denoiser; got {type(fn)}.")
+  if isinstance(fn, Denoiser):
+    return Denoiser(fn=as_traceable(fn.fn))
   leaves = jax.tree_util.tree_leaves(fn)
   if len(leaves) == 1 and leaves[0] is fn:
     return Partial(fn)
