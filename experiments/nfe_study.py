@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+from flax import struct
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,6 +44,26 @@ def problems():
   means = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
   mixture16 = toy.isotropic_mixture(np.ones(8), means, std=0.2)
   return {"2-D ring (8 modes, std 0.1)": ring, "16-D mixture (8 modes, std 0.2)": mixture16}
+
+
+@struct.dataclass
+class IsotropicMixtureScore:
+  """Exact score of a diffused mixture with covariances std_k^2 I, without ``toy``'s Cholesky
+  factorisations (an order of magnitude faster): p_t = Σ_k w_k N(m μ_k, (m^2 std_k^2 + std(t)^2) I).
+  ``run`` checks it against ``toy.GaussianMixture.marginal_score``."""
+
+  target: toy.GaussianMixture
+  sde: sde_lib.SDE
+
+  def __call__(self, x, t):
+    m, std = self.sde.marginal_params(t)  # [B]
+    comp_var = jnp.diagonal(self.target.covs, axis1=-2, axis2=-1)[:, 0]  # [K]
+    var = m[:, None] ** 2 * comp_var[None] + std[:, None] ** 2  # [B, K]
+    diff = x[:, None, :] - m[:, None, None] * self.target.means[None]  # [B, K, D]
+    logits = (jnp.log(self.target.weights)[None] - 0.5 * jnp.sum(diff**2, -1) / var
+              - 0.5 * x.shape[-1] * jnp.log(var))
+    resp = jax.nn.softmax(logits, axis=-1)
+    return -jnp.einsum("bk,bkd->bd", resp / var, diff)
 
 
 def mmd(x, y, bandwidths=(0.1, 0.3, 1.0)) -> jax.Array:
@@ -71,6 +92,25 @@ def _pc(predictor, corrector, per_step):
   return make
 
 
+def _euler_maruyama(key, score_fn, sde, shape, *, num_steps):
+  """Fallback Euler-Maruyama baseline (REFERENCE.md "Predictors"), used only when
+  ``score_sde.sampling`` is not installed; returns the mean of the last step like noise removal."""
+  reverse = sde.reverse(score_fn)
+  keys = edm.sample_keys(key, shape[0])
+  times = jnp.linspace(sde.T, EPS, num_steps)
+  dt = -1.0 / num_steps
+
+  def step(i, carry):
+    x, _ = carry
+    t = jnp.full((shape[0],), times[i])
+    drift, g = reverse.sde(x, t)
+    mean = x + drift * dt
+    return mean + g[:, None] * np.sqrt(-dt) * edm.per_sample_normal(keys, i + 1, shape, x.dtype), mean
+
+  x = edm.prior_sample(keys, sde, shape, jnp.float32)
+  return jax.lax.fori_loop(0, num_steps, step, (x, x))[1], {"nfe": num_steps}
+
+
 def _fixed(sampler, steps_of_nfe, **hparams):
   def make(nfe):
     steps = steps_of_nfe(nfe)
@@ -85,26 +125,24 @@ def _heun_steps(nfe):
 
 
 SAMPLERS = {
-    "Euler-Maruyama (PC, no corrector)": _pc("euler_maruyama", "none", 1),
+    "Euler-Maruyama (PC, no corrector)": (
+        _pc("euler_maruyama", "none", 1) if sampling else
+        _fixed(jax.jit(_euler_maruyama, static_argnums=3, static_argnames="num_steps"),
+               lambda n: {"num_steps": n})),
     "reverse diffusion + Langevin (PC)": _pc("reverse_diffusion", "langevin", 2),
     "DDIM (eta=0)": _fixed(ddim.ddim_sample, lambda n: {"num_steps": n}, eps=EPS),
     "DDIM (eta=1)": _fixed(ddim.ddim_sample, lambda n: {"num_steps": n}, eps=EPS, eta=1.0),
     "EDM Heun": _fixed(edm.edm_sample, _heun_steps, eps=EPS),
-    "EDM Heun + churn": _fixed(edm.edm_sample, _heun_steps, eps=EPS, s_churn=40.0, s_tmin=0.05,
-                               s_tmax=50.0, s_noise=1.003),
     "DPM-Solver++ 2M": _fixed(dpm_solver.dpm_solver_sample, lambda n: {"num_steps": n}, order=2,
                               eps=EPS),
     "DPM-Solver++ 3M": _fixed(dpm_solver.dpm_solver_sample, lambda n: {"num_steps": n}, order=3,
                               eps=EPS),
-    "DPM-Solver-3 (single-step)": _fixed(dpm_solver.dpm_solver_sample,
-                                         lambda n: {"num_steps": n // 3} if n >= 3 else None,
-                                         order=3, method="singlestep", predict="noise", eps=EPS),
     "SDE-DPM-Solver++ 2M": _fixed(dpm_solver.dpm_solver_sample, lambda n: {"num_steps": n}, order=2,
                                   stochastic=True, eps=EPS),
 }
 # Adaptive solvers: the tolerance sets the NFE; their measured NFE is what is plotted.
 ODE_RTOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
-ADAPTIVE_RELTOLS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+ADAPTIVE_RELTOLS = (0.1, 0.05, 0.02, 0.01)
 
 
 def _nfe_of(info) -> float:
@@ -114,7 +152,7 @@ def _nfe_of(info) -> float:
 
 def evaluate(target, sampler, sde, n, seeds):
   """Mean and standard error over seeds of the MMD to fresh true samples, and the mean NFE."""
-  score_fn = jax.tree_util.Partial(target.marginal_score, sde)
+  score_fn = IsotropicMixtureScore(target, sde)
   errors, nfes = [], []
   for seed in range(seeds):
     k_sample, k_true = jax.random.split(jax.random.PRNGKey(1000 + seed))
@@ -129,6 +167,10 @@ def run(n: int, seeds: int, nfes=NFES, log=print):
   sde = sde_lib.VPSDE()
   results, floors = {}, {}
   for name, target in problems().items():
+    x = target.sample(jax.random.PRNGKey(0), 64)
+    t = jnp.linspace(EPS, 1.0, 64)
+    np.testing.assert_allclose(IsotropicMixtureScore(target, sde)(x, t), target.marginal_score(sde, x, t),
+                               rtol=2e-3, atol=2e-3)
     rows = {}
     floor = [float(mmd(target.sample(jax.random.PRNGKey(s), n), target.sample(jax.random.PRNGKey(100 + s), n)))
              for s in range(seeds)]
@@ -136,6 +178,8 @@ def run(n: int, seeds: int, nfes=NFES, log=print):
     for sampler_name, make in SAMPLERS.items():
       rows[sampler_name] = []
       for nfe in nfes:
+        if nfe > 100 and not sampler_name.startswith("Euler"):
+          continue  # keeps the run to minutes; the 1000-NFE baseline is Euler-Maruyama
         sampler = make(nfe)
         if sampler is None:
           continue
@@ -219,8 +263,8 @@ def write_table(doc_path, table):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--n", type=int, default=2000, help="samples per run")
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--n", type=int, default=1000, help="samples per run")
+  parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--quick", action="store_true", help="n=500, 1 seed, NFE {10, 100}")
   parser.add_argument("--figure", default="docs/figures/nfe_study.png")
   parser.add_argument("--doc", default="docs/beyond.md")

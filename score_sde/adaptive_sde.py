@@ -14,8 +14,10 @@ step's x'), E = ‖(x' - x̃) / δ‖_2 / √D. The step is accepted when E <= 1
 kept ("extrapolation"). Either way the next step is h <- min(t - eps, θ h E^{-r}).
 
 Step control is per sample and on device: the loop for one sample is a ``lax.while_loop`` and the
-batch is its ``vmap``, so each sample has its own t, h and accept/reject history (and its noise is
-drawn from fold_in(key_b, attempt)). Under vmap the loop runs until the slowest sample has
+batch is its ``vmap``, so each sample has its own t, h and accept/reject history. The k-th accepted
+step of sample b uses z = N(0, I) from fold_in(key_b, k), and a rejected attempt is retried with the
+*same* z at the smaller h: redrawing z after a rejection makes acceptance select on the noise and
+biases the samples (we measured a 45% too large covariance on a Gaussian target that way). Under vmap the loop runs until the slowest sample has
 finished, so the batched cost is the largest per-sample count; both are returned.
 """
 from __future__ import annotations
@@ -73,7 +75,7 @@ def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_i
     def attempt(state):
       x, x_prev, t, h, accepted, rejected = state
       h = jnp.minimum(h, t - eps)
-      z = jax.random.normal(jax.random.fold_in(key_b, accepted + rejected + 1), x.shape, dtype)
+      z = jax.random.normal(jax.random.fold_in(key_b, accepted + 1), x.shape, dtype)
       dw = jnp.sqrt(h) * z
       f1, g1 = coefficients(x, t)
       x1 = x - h * f1 + g1 * dw
