@@ -1,0 +1,1 @@
+"""Variance-exploding SDE experiments (SMLD / NCSN family)."""

@@ -1,0 +1,1 @@
+"""Variance-preserving SDE experiments (DDPM family)."""

@@ -1,0 +1,1 @@
+"""The DDPM U-Net (Ho et al., 2020) with the VP SDE."""

@@ -1,0 +1,33 @@
+r"""DDPM (Ho et al., 2020) on CelebA-HQ 256x256; the LSUN settings on a folder of face images.
+
+    python main.py --config configs/vp/ddpm/celebahq.py \
+        --workdir runs/vp_ddpm_celebahq --mode train \
+        --config.data.path=/data/celebahq-256
+
+Expected: no published number for this configuration.
+"""
+import ml_collections
+
+from configs import architectures, default_lsun_configs
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default_lsun_configs.get_default_configs()
+  config.training.sde = "vpsde"
+  config.training.continuous = False
+  config.training.reduce_mean = True
+
+  config.sampling.method = "pc"
+  config.sampling.predictor = "ancestral_sampling"
+  config.sampling.corrector = "none"
+
+  config.data.dataset = "folder"  # the reference reads a TFRecord file here
+  config.data.image_size = 256
+  config.data.centered = True
+
+  config.model.num_scales = 1000
+  config.model.update(architectures.ddpm(
+      ch_mult=(1, 1, 2, 2, 4, 4), scale_by_sigma=False, ema_rate=0.9999))
+
+  config.optim.lr = 2e-5
+  return config

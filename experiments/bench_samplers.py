@@ -1,0 +1,109 @@
+"""Sampler overhead and adaptive-solver cost for a fixed network-shaped score function.
+
+Prints, as a Markdown table, the sampler wall time divided by (NFE x the time of one batched score
+evaluation): the overhead of the sampler's own work (noise, updates, loop control; target <= 1.05),
+and the NFE and wall time of sample_ode and log_likelihood at rtol = atol = 1e-3 and 1e-5.
+Wall times are medians over --repeats runs after one compiling run.
+
+  PYTHONPATH=. python experiments/bench_samplers.py [--image 32 32 3] [--batch 64] [--hidden 1024]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+from score_sde import likelihood, sampling
+from score_sde import sde as sde_lib
+
+
+def init_mlp(key, dim: int, hidden: int, n_fourier: int = 64):
+  """A 3-layer MLP on flattened images with a Fourier time embedding (a stand-in for a U-Net)."""
+  k = jax.random.split(key, 4)
+  dense = lambda kk, n_in, n_out: jax.random.normal(kk, (n_in, n_out)) / math.sqrt(n_in)
+  return {"freqs": jax.random.normal(k[0], (n_fourier,)) * 16.0,
+          "w1": dense(k[1], dim + 2 * n_fourier, hidden), "w2": dense(k[2], hidden, hidden),
+          "w3": dense(k[3], hidden, dim) * 0.1}
+
+
+def mlp_score(params, x, t):
+  """score(x [B, H, W, C], t [B]) -> [B, H, W, C]."""
+  shape = x.shape
+  h = x.reshape(shape[0], -1)
+  phase = 2 * jnp.pi * t[:, None] * params["freqs"]
+  h = jnp.concatenate([h, jnp.sin(phase), jnp.cos(phase)], axis=-1)
+  h = jax.nn.silu(h @ params["w1"])
+  h = jax.nn.silu(h @ params["w2"])
+  return (h @ params["w3"]).reshape(shape) - x
+
+
+def median_time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--image", type=int, nargs=3, default=(32, 32, 3))
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--hidden", type=int, default=1024)
+  parser.add_argument("--steps", type=int, default=100, help="N of the PC samplers")
+  parser.add_argument("--ll-batch", type=int, default=16)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+
+  shape = (args.batch, *args.image)
+  dim = math.prod(args.image)
+  params = init_mlp(jax.random.PRNGKey(0), dim, args.hidden)
+  score_fn = Partial(mlp_score, params)
+  sde = sde_lib.VPSDE(N=args.steps)
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  t = jnp.full((args.batch,), 0.5)
+  eval_fn = jax.jit(mlp_score)
+  t_eval = median_time(lambda: eval_fn(params, x, t), 5 * args.repeats)
+  print(f"device: {jax.devices()[0].device_kind}; score MLP {dim}-{args.hidden}-{args.hidden}-{dim}; "
+        f"batch {args.batch}; one score evaluation {1e3 * t_eval:.2f} ms (median)\n")
+
+  print("| sampler | NFE | wall time (s) | wall / (NFE x eval) |")
+  print("|---|---|---|---|")
+  runs = [
+      ("sample_pc reverse_diffusion + langevin", lambda k: sampling.sample_pc(k, score_fn, sde, shape)),
+      ("sample_pc euler_maruyama, no corrector", lambda k: sampling.sample_pc(
+          k, score_fn, sde, shape, predictor="euler_maruyama", corrector="none")),
+      ("sample_pc ancestral_sampling + ald", lambda k: sampling.sample_pc(
+          k, score_fn, sde, shape, predictor="ancestral_sampling", corrector="ald")),
+      ("sample_ode tsit5 rtol=1e-3", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-3, atol=1e-3)),
+      ("sample_ode tsit5 rtol=1e-5", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-5, atol=1e-5)),
+  ]
+  for name, run in runs:
+    _, nfe = run(jax.random.PRNGKey(0))
+    wall = median_time(lambda: run(jax.random.PRNGKey(2))[0], args.repeats)
+    nfe = int(nfe)
+    print(f"| {name} | {nfe} | {wall:.3f} | {wall / (nfe * t_eval):.3f} |")
+
+  xl = x[: args.ll_batch]
+  tl = t[: args.ll_batch]
+  t_eval_ll = median_time(lambda: eval_fn(params, xl, tl), 5 * args.repeats)
+  print(f"\nlog_likelihood (Hutchinson, Rademacher; batch {args.ll_batch}; one score evaluation "
+        f"{1e3 * t_eval_ll:.2f} ms)\n")
+  print("| rtol = atol | NFE | wall time (s) | wall / (NFE x eval) |")
+  print("|---|---|---|---|")
+  for tol in (1e-3, 1e-5):
+    run = lambda: likelihood.log_likelihood(jax.random.PRNGKey(0), score_fn, sde, xl, rtol=tol, atol=tol)
+    nfe = int(run()[2])
+    wall = median_time(lambda: run()[0], args.repeats)
+    print(f"| {tol:g} | {nfe} | {wall:.3f} | {wall / (nfe * t_eval_ll):.3f} |")
+
+
+if __name__ == "__main__":
+  main()

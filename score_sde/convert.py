@@ -1,0 +1,431 @@
+"""Import the reference implementations' pretrained checkpoints into this project's parameter trees.
+
+* score_sde_pytorch `.pth` files: `load_torch_checkpoint` reads torch's zip+pickle format without
+  torch; `from_pytorch_checkpoint` maps its `model` state dict and its `ema` shadow parameters;
+  `from_pytorch_state_dict` maps one state dict (`module.` prefixes of DataParallel are stripped).
+* yang-song/score_sde (JAX/Flax) `checkpoint_N` msgpack files: `from_flax_checkpoint`.
+* `convert_main(argv)`: command line that writes an orbax checkpoint {'params', 'ema_params'}.
+
+The key mapping is documented in docs/models.md. PyTorch keeps the network in one `all_modules`
+ModuleList, indexed in construction order; inside each block the submodule names (Conv_0,
+GroupNorm_1, NIN_0, Dense_0, Conv2d_0) are the same as in our Flax tree.
+"""
+import argparse
+import collections
+import importlib.util
+import io
+import os
+import pickle
+import re
+import sys
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde.models import get_model
+from score_sde.models.ddpm import DDPM
+from score_sde.models.ncsnpp import NCSNpp
+
+# ---------------------------------------------------------------------------------------------
+# Reading torch's .pth (zip) format without torch.
+# ---------------------------------------------------------------------------------------------
+
+_TORCH_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+  def __init__(self, name: str):
+    if name not in _TORCH_STORAGE_DTYPES or _TORCH_STORAGE_DTYPES[name] is None:
+      raise ValueError(f"Unsupported torch storage type {name}; convert the checkpoint to "
+                       "float32 first (or install torch).")
+    self.dtype = np.dtype(_TORCH_STORAGE_DTYPES[name])
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+  """torch._utils._rebuild_tensor_v2 as a strided numpy view of the storage."""
+  itemsize = storage.dtype.itemsize
+  return np.lib.stride_tricks.as_strided(
+      storage[storage_offset:], shape=tuple(size),
+      strides=tuple(s * itemsize for s in stride)).copy()
+
+
+class _TorchUnpickler(pickle.Unpickler):
+  """Unpickles torch's data.pkl, resolving tensors to numpy arrays and nothing else from torch."""
+
+  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    super().__init__(file)
+    self._archive, self._prefix, self._storages = archive, prefix, {}
+
+  def find_class(self, module, name):
+    if module == "torch._utils" and name == "_rebuild_tensor_v2":
+      return _rebuild_tensor
+    if module == "torch._utils" and name == "_rebuild_parameter":
+      return lambda data, requires_grad, hooks, *unused: data
+    if module == "torch" and name.endswith("Storage"):
+      return _StorageType(name)
+    if module == "collections" and name == "OrderedDict":
+      return collections.OrderedDict
+    if module == "torch" and name == "Size":
+      return tuple
+    if module in ("builtins", "__builtin__") and name in ("set", "frozenset", "dict", "list",
+                                                          "tuple", "slice", "complex"):
+      return getattr(__import__("builtins"), name)
+    raise pickle.UnpicklingError(f"Refusing to load {module}.{name} from a checkpoint; only "
+                                 "tensors and plain containers are supported.")
+
+  def persistent_load(self, pid):
+    kind, storage_type, key, _location, numel = pid
+    if kind != "storage":
+      raise pickle.UnpicklingError(f"Unknown persistent id {pid!r}.")
+    if key not in self._storages:
+      raw = self._archive.read(f"{self._prefix}/data/{key}")
+      self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
+    return self._storages[key]
+
+
+def load_torch_checkpoint(path: str) -> Any:
+  """Read a torch.save file (zip format, torch >= 1.6) into dicts of numpy arrays, without torch.
+
+  Falls back to torch.load (if torch is installed) for the legacy non-zip format.
+  """
+  if not zipfile.is_zipfile(path):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ValueError(f"{path} is not a zip-format torch checkpoint; install torch to read "
+                       "the legacy format.") from None
+    return torch.load(path, map_location="cpu", weights_only=False)
+  with zipfile.ZipFile(path) as archive:
+    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if len(pkl) != 1:
+      raise ValueError(f"{path}: expected one */data.pkl in the archive, found {pkl}.")
+    prefix = pkl[0][:-len("/data.pkl")]
+    return _TorchUnpickler(io.BytesIO(archive.read(pkl[0])), archive, prefix).load()
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyTorch module list (`all_modules`) of each model, with the Flax name of every entry.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Layout:
+  """Walks an architecture in creation order, naming Flax modules `{Class}_{n}` like linen does."""
+
+  def __init__(self):
+    self._counts = collections.Counter()
+    self.torch_modules: List[Tuple[Optional[str], str]] = []  # (flax name, kind) per torch index
+
+  def flax(self, cls: str, in_torch: bool = True, kind: str = "block") -> str:
+    name = f"{cls}_{self._counts[cls]}"
+    self._counts[cls] += 1
+    if in_torch:
+      self.torch_modules.append((name, kind))
+    return name
+
+
+def _ncsnpp_layout(m: NCSNpp, image_size: int) -> List[Tuple[Optional[str], str]]:
+  lay = _Layout()
+  res_cls = "ResnetBlockBigGANpp" if m.resblock_type == "biggan" else "ResnetBlockDDPMpp"
+  if m.embedding_type == "fourier":
+    lay.flax("GaussianFourierProjection", kind="fourier")
+  if m.conditional:
+    lay.flax("Dense", kind="dense")
+    lay.flax("Dense", kind="dense")
+  lay.flax("Conv", kind="conv")
+  num_levels = len(m.ch_mult)
+  for i_level in range(num_levels):
+    res = image_size // 2 ** i_level
+    for _ in range(m.num_res_blocks):
+      lay.flax(res_cls)
+      if res in m.attn_resolutions:
+        lay.flax("AttnBlockpp")
+    if i_level != num_levels - 1:
+      lay.flax("Downsample" if m.resblock_type == "ddpm" else res_cls)
+      if m.progressive_input == "input_skip":
+        lay.flax("Downsample", in_torch=False)  # torch: a parameter-free attribute
+        lay.flax("Combine")
+      elif m.progressive_input == "residual":
+        lay.flax("Downsample")
+  lay.flax(res_cls)
+  lay.flax("AttnBlockpp")
+  lay.flax(res_cls)
+  for i_level in reversed(range(num_levels)):
+    res = image_size // 2 ** i_level
+    for _ in range(m.num_res_blocks + 1):
+      lay.flax(res_cls)
+    if res in m.attn_resolutions:
+      lay.flax("AttnBlockpp")
+    first = i_level == num_levels - 1
+    if m.progressive == "output_skip":
+      lay.flax("GroupNorm", kind="group_norm")
+      lay.flax("Conv", kind="conv")
+      if not first:
+        lay.flax("Upsample", in_torch=False)  # torch: a parameter-free attribute
+    elif m.progressive == "residual":
+      if first:
+        lay.flax("GroupNorm", kind="group_norm")
+        lay.flax("Conv", kind="conv")
+      else:
+        lay.flax("Upsample")
+    if i_level != 0:
+      lay.flax("Upsample" if m.resblock_type == "ddpm" else res_cls)
+  if m.progressive != "output_skip":
+    lay.flax("GroupNorm", kind="group_norm")
+    lay.flax("Conv", kind="conv")
+  return lay.torch_modules
+
+
+def _ddpm_layout(m: DDPM, image_size: int) -> List[Tuple[Optional[str], str]]:
+  lay = _Layout()
+  if m.conditional:
+    lay.flax("Dense", kind="dense")
+    lay.flax("Dense", kind="dense")
+  lay.flax("Conv", kind="conv")
+  num_levels = len(m.ch_mult)
+  for i_level in range(num_levels):
+    res = image_size // 2 ** i_level
+    for _ in range(m.num_res_blocks):
+      lay.flax("ResnetBlockDDPM")
+      if res in m.attn_resolutions:
+        lay.flax("AttnBlock")
+    if i_level != num_levels - 1:
+      lay.flax("Downsample")
+  lay.flax("ResnetBlockDDPM")
+  lay.flax("AttnBlock")
+  lay.flax("ResnetBlockDDPM")
+  for i_level in reversed(range(num_levels)):
+    res = image_size // 2 ** i_level
+    for _ in range(m.num_res_blocks + 1):
+      lay.flax("ResnetBlockDDPM")
+    if res in m.attn_resolutions:
+      lay.flax("AttnBlock")
+    if i_level != 0:
+      lay.flax("Upsample")
+  lay.flax("GroupNorm", kind="group_norm")
+  lay.flax("Conv", kind="conv")
+  return lay.torch_modules
+
+
+_LAYOUTS = {"ncsnpp": _ncsnpp_layout, "ddpm": _ddpm_layout}
+
+
+def _oihw_to_hwio(w):
+  if w.ndim != 4:
+    raise ValueError(f"a conv weight must be 4-D (OIHW), got shape {w.shape}")
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+def _map_leaf(sub: str, param: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+  """Torch (submodule, param) -> Flax (param, array) for one leaf, by submodule type."""
+  if sub.startswith("Conv2d_"):  # FIR-resampling conv: params named weight/bias in both
+    return param, _oihw_to_hwio(value) if param == "weight" else value
+  if sub.startswith("Conv_"):
+    return ("kernel", _oihw_to_hwio(value)) if param == "weight" else (param, value)
+  if sub.startswith("Dense_"):
+    if param == "weight" and value.ndim != 2:
+      raise ValueError(f"a Linear weight must be 2-D (out, in), got shape {value.shape}")
+    return ("kernel", value.T) if param == "weight" else (param, value)
+  if sub.startswith("GroupNorm_"):
+    return ("scale" if param == "weight" else param), value
+  if sub.startswith(("NIN_", "GaussianFourierProjection_")):
+    return param, value
+  raise KeyError(f"no mapping for torch submodule {sub!r}")
+
+
+def _as_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):
+    value = value.detach().cpu()
+  if hasattr(value, "numpy"):
+    value = value.numpy()
+  return np.asarray(value)
+
+
+def _expected_params(model, config) -> Dict:
+  size, channels = config.data.image_size, config.data.num_channels
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, channels)),
+                         jnp.ones((1,)), train=False))
+  return shapes["params"]
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict:
+  out: Dict = {}
+  for path, v in flat.items():
+    d = out
+    for k in path[:-1]:
+      d = d.setdefault(k, {})
+    d[path[-1]] = v
+  return out
+
+
+def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, config, source: str):
+  expected = dict(_flatten(jax.tree_util.tree_map(lambda s: s, _expected_params(model, config))))
+  missing = sorted("/".join(p) for p in expected if p not in flat)
+  unexpected = sorted("/".join(p) for p in flat if p not in expected)
+  if missing or unexpected:
+    raise ValueError(f"{source} does not match model {config.model.name!r} built from the "
+                     f"config: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                     f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. "
+                     "Check that the config matches the checkpoint.")
+  for path, spec in expected.items():
+    if flat[path].shape != spec.shape:
+      raise ValueError(f"{source}: {'/'.join(path)} has shape {flat[path].shape}, the model "
+                       f"expects {spec.shape}; check the config (nf, ch_mult, ...).")
+
+
+def strip_module_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+  """Remove DataParallel's `module.` prefix from every key that has it."""
+  return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def _pytorch_key_map(config) -> Tuple[Any, Dict[int, Tuple[str, str]]]:
+  name = config.model.name
+  if name not in _LAYOUTS:
+    raise ValueError(f"No PyTorch mapping for model {name!r}; valid choices: {sorted(_LAYOUTS)}.")
+  model = get_model(config)
+  return model, dict(enumerate(_LAYOUTS[name](model, config.data.image_size)))
+
+
+def from_pytorch_state_dict(state_dict: Dict[str, Any], config) -> Dict:
+  """Map a score_sde_pytorch model state dict to this project's `params` tree.
+
+  Conv weights go OIHW -> HWIO, Linear (out, in) -> (in, out), GroupNorm weight -> scale; NIN and
+  the frozen Fourier W keep their layout. The `sigmas` buffer is checked against the config.
+  Every parameter of the model must be present and every tensor must be used.
+  """
+  state_dict = strip_module_prefix(dict(state_dict))
+  model, modules = _pytorch_key_map(config)
+  flat: Dict[Tuple[str, ...], np.ndarray] = {}
+  unused = []
+  for key, value in state_dict.items():
+    value = _as_numpy(value)
+    if key == "sigmas":
+      m = config.model
+      want = np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+      if value.shape != want.shape or not np.allclose(value, want, rtol=1e-4):
+        raise ValueError("The checkpoint's sigma table does not match config.model.sigma_min/"
+                         "sigma_max/num_scales.")
+      continue
+    match = re.fullmatch(r"all_modules\.(\d+)\.(?:(\w+)\.)?(\w+)", key)
+    if not match or int(match.group(1)) not in modules:
+      unused.append(key)
+      continue
+    flax_name, kind = modules[int(match.group(1))]
+    sub, param = match.group(2), match.group(3)
+    if sub == "Dense_0" and not model.conditional:
+      continue  # torch creates temb Dense layers even when unconditional; never used
+    try:  # a bare top-level layer's submodule type is its own Flax class
+      flax_param, array = _map_leaf(sub or flax_name, param, value)
+    except (KeyError, ValueError) as e:
+      raise ValueError(f"Cannot map PyTorch key {key!r} (shape {value.shape}) to "
+                       f"{flax_name}: {e}") from None
+    flat[(flax_name,) + ((sub,) if sub else ()) + (flax_param,)] = array
+  if unused:
+    raise ValueError(f"Unused keys in the PyTorch state dict: {unused[:8]}; is this a "
+                     f"{config.model.name!r} checkpoint matching the config?")
+  _check_against_model(flat, model, config, "PyTorch state dict")
+  return _nest(flat)
+
+
+def from_pytorch_checkpoint(checkpoint: Dict[str, Any], config) -> Dict[str, Dict]:
+  """{'params', 'ema_params'} from a score_sde_pytorch checkpoint {'model', 'ema', ...}.
+
+  The EMA entry stores `shadow_params`, a list aligned with the model's trainable parameters in
+  registration order (buffers and the frozen Fourier W excluded); the W comes from `model`.
+  """
+  if "model" not in checkpoint:
+    raise ValueError("Expected a score_sde_pytorch checkpoint with a 'model' entry; for a bare "
+                     "state dict call from_pytorch_state_dict.")
+  model_sd = strip_module_prefix(dict(checkpoint["model"]))
+  out = {"params": from_pytorch_state_dict(model_sd, config)}
+  if "ema" in checkpoint:
+    shadow = list(checkpoint["ema"]["shadow_params"])
+    trainable = [k for k in model_sd if k != "sigmas" and not re.fullmatch(r"all_modules\.0\.W", k)]
+    if len(shadow) != len(trainable):
+      raise ValueError(f"EMA has {len(shadow)} shadow params but the model has {len(trainable)} "
+                       "trainable tensors.")
+    ema_sd = dict(model_sd)
+    ema_sd.update(zip(trainable, shadow))
+    out["ema_params"] = from_pytorch_state_dict(ema_sd, config)
+  return out
+
+
+def from_flax_checkpoint(source, config) -> Dict[str, Dict]:
+  """{'params', 'ema_params'} from a yang-song/score_sde checkpoint (flax msgpack state).
+
+  `source` is a path or the raw bytes of `checkpoint_N`; its state has `optimizer.target` (the
+  trained parameters) and `params_ema`, whose trees already use our module names.
+  """
+  from flax import serialization  # pylint: disable=import-outside-toplevel
+  if isinstance(source, (str, os.PathLike)):
+    with open(source, "rb") as f:
+      source = f.read()
+  state = serialization.msgpack_restore(source)
+  try:
+    params, ema = state["optimizer"]["target"], state["params_ema"]
+  except KeyError:
+    raise ValueError("Expected a score_sde (JAX) training state with 'optimizer'/'target' and "
+                     f"'params_ema'; top-level keys are {sorted(state)}.") from None
+  model = get_model(config)
+  out = {}
+  for key, tree in (("params", params), ("ema_params", ema)):
+    tree = tree.get("params", tree)
+    flat = {p: np.asarray(v) for p, v in _flatten(tree)}
+    _check_against_model(flat, model, config, f"Flax checkpoint {key}")
+    out[key] = _nest(flat)
+  return out
+
+
+def _load_config(path: str):
+  spec = importlib.util.spec_from_file_location("score_sde_convert_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def convert_main(argv: List[str]) -> str:
+  """CLI: convert a reference checkpoint and write an orbax checkpoint {'params', 'ema_params'}.
+
+  Usage: convert --config CONFIG.py --source CKPT [--format pytorch|flax] --out DIR
+  """
+  parser = argparse.ArgumentParser(prog="score-sde convert", description=convert_main.__doc__)
+  parser.add_argument("--config", required=True, help="config file with get_config()")
+  parser.add_argument("--source", required=True, help=".pth (PyTorch) or checkpoint_N (JAX)")
+  parser.add_argument("--format", choices=["pytorch", "flax"], default=None,
+                      help="default: pytorch for .pth/.pt files, flax otherwise")
+  parser.add_argument("--out", required=True, help="directory for the orbax checkpoint")
+  args = parser.parse_args(argv)
+  config = _load_config(args.config)
+  fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
+  if fmt == "pytorch":
+    converted = from_pytorch_checkpoint(load_torch_checkpoint(args.source), config)
+  else:
+    converted = from_flax_checkpoint(args.source, config)
+  converted.setdefault("ema_params", converted["params"])
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  out = os.path.abspath(args.out)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(out, jax.tree_util.tree_map(jnp.asarray, converted))
+  checkpointer.wait_until_finished()
+  print(f"wrote {out}")
+  return out
+
+
+if __name__ == "__main__":
+  convert_main(sys.argv[1:])

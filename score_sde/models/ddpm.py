@@ -1,0 +1,80 @@
+"""The UNet of "Denoising Diffusion Probabilistic Models" (Ho et al., NeurIPS 2020, Appendix B).
+
+Wide-ResNet blocks with GroupNorm (32 groups), sinusoidal time embedding, self-attention at the
+resolutions in `attn_resolutions`, nearest-neighbour upsampling and strided-conv downsampling.
+Reference model name `ddpm`; same call convention as NCSN++ (noise_labels [B], e.g. 999·t for VP).
+"""
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from score_sde.models import layers
+from score_sde.models.ncsnpp import discrete_sigmas
+
+
+class DDPM(nn.Module):
+  """Ho et al.'s UNet (35.7M parameters at the CIFAR-10 settings below)."""
+  nf: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  conditional: bool = True
+  scale_by_sigma: bool = False
+  centered: bool = True
+  nonlinearity: str = "swish"
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  num_scales: int = 1000
+
+  @nn.compact
+  def __call__(self, x, noise_labels, train: bool = True):
+    if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
+      raise ValueError(f"ddpm expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
+                       f"{noise_labels.shape}.")
+    act = layers.get_act(self.nonlinearity)
+    nf, num_levels = self.nf, len(self.ch_mult)
+    res_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
+
+    if self.conditional:
+      temb = layers.get_timestep_embedding(noise_labels, nf)
+      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
+      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+    else:
+      temb = None
+
+    h = x if self.centered else 2 * x - 1.0
+    hs = [layers.conv(h, nf)]
+    for i_level in range(num_levels):
+      for _ in range(self.num_res_blocks):
+        h = res_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = layers.AttnBlock()(h)
+        hs.append(h)
+      if i_level != num_levels - 1:
+        hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+
+    h = hs[-1]
+    h = res_block()(h, temb, train)
+    h = layers.AttnBlock()(h)
+    h = res_block()(h, temb, train)
+
+    for i_level in reversed(range(num_levels)):
+      for _ in range(self.num_res_blocks + 1):
+        h = res_block(out_ch=nf * self.ch_mult[i_level])(
+            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+      if h.shape[1] in self.attn_resolutions:
+        h = layers.AttnBlock()(h)
+      if i_level != 0:
+        h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
+    assert not hs
+
+    h = act(layers.group_norm(h.shape[-1], 32)(h))
+    h = layers.conv(h, x.shape[-1], init_scale=0.0)
+    if self.scale_by_sigma:  # for the SMLD loss with discrete level labels
+      sigmas = discrete_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
+      h = h / sigmas[noise_labels.astype(jnp.int32)][:, None, None, None]
+    return h  # [B, H, W, C]

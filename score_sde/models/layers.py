@@ -1,0 +1,267 @@
+"""Building blocks shared by the DDPM (Ho et al., 2020) and NCSN++/DDPM++ (Song et al., 2021) UNets.
+
+All images are NHWC. Submodule and parameter names (`Conv_0`, `GroupNorm_1`, `NIN_0/W`, `Conv2d_0/weight`,
+...) follow the reference implementation's Flax tree, so its checkpoints load without renaming.
+
+Initialisation (reference): variance scaling, fan_avg, uniform, with a per-layer scale where a scale of 0
+means 1e-10 (the last convolution of each residual branch starts near zero); NIN layers default to 0.1.
+"""
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde.models import up_or_down_sampling as fir_ops
+
+ACTIVATIONS = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+    "swish": nn.swish,
+}
+
+
+def get_act(name: str) -> Callable:
+  """Nonlinearity by name; one of ACTIVATIONS."""
+  try:
+    return ACTIVATIONS[name.lower()]
+  except KeyError:
+    raise ValueError(f"Unknown nonlinearity {name!r}; valid choices: {sorted(ACTIVATIONS)}.") from None
+
+
+def default_init(scale: float = 1.0):
+  """DDPM initialiser: variance scaling (fan_avg, uniform); scale 0 means 1e-10."""
+  return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def group_norm(channels: int, num_groups: Optional[int] = None) -> nn.GroupNorm:
+  """GroupNorm with `num_groups` groups, default min(C // 4, 32) as in NCSN++; epsilon 1e-6."""
+  groups = min(channels // 4, 32) if num_groups is None else num_groups
+  if groups < 1 or channels % groups:
+    raise ValueError(f"GroupNorm: {channels} channels cannot be split into {groups} groups; "
+                     "use a channel count divisible by the group count (and >= 4).")
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+
+
+def conv(x, features: int, kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
+         use_bias: bool = True):
+  """DDPM-initialised square convolution with SAME padding; call inside a compact method."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+                 use_bias=use_bias, kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros)(x)
+
+
+def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000):
+  """Sinusoidal embedding (Vaswani et al., 2017) as in DDPM: [sin(t w_i), cos(t w_i)], [B, D]."""
+  if timesteps.ndim != 1:
+    raise ValueError(f"timesteps must have shape [B], got {timesteps.shape}.")
+  half = embedding_dim // 2
+  freqs = jnp.exp(-math.log(max_positions) / (half - 1) * jnp.arange(half, dtype=jnp.float32))
+  args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  if embedding_dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class GaussianFourierProjection(nn.Module):
+  """Random Fourier features [sin 2πxW, cos 2πxW] with frozen W ~ N(0, scale²) (Tancik et al., 2020)."""
+  embedding_size: int = 256
+  scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):  # x: [B]
+    w = jax.lax.stop_gradient(
+        self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,)))
+    proj = x[:, None] * w[None, :] * 2 * jnp.pi
+    return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)  # [B, 2E]
+
+
+class NIN(nn.Module):
+  """Per-pixel dense layer ("network in network"), W [C_in, C_out]."""
+  num_units: int
+  init_scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
+    b = self.param("b", nn.initializers.zeros, (self.num_units,))
+    return jnp.tensordot(x, w, axes=1) + b
+
+
+class Conv2d(nn.Module):
+  """Convolution with optional fused FIR up/down-sampling (StyleGAN2); params `weight` [K,K,I,O], `bias`."""
+  features: int
+  kernel_size: int = 3
+  up: bool = False
+  down: bool = False
+  resample_kernel: Sequence[int] = (1, 3, 3, 1)
+  use_bias: bool = True
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    if self.up and self.down:
+      raise ValueError("Conv2d: up and down are mutually exclusive.")
+    w = self.param("weight", default_init(self.init_scale),
+                   (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    if self.up:
+      x = fir_ops.upsample_conv_2d(x, w, k=self.resample_kernel)
+    elif self.down:
+      x = fir_ops.conv_downsample_2d(x, w, k=self.resample_kernel)
+    else:
+      x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      x = x + self.param("bias", nn.initializers.zeros, (self.features,))
+    return x
+
+
+class Combine(nn.Module):
+  """Merge a progressive-input pyramid level x into features y: 1x1 conv, then sum or concat."""
+  method: str = "cat"
+
+  @nn.compact
+  def __call__(self, x, y):
+    h = conv(x, y.shape[-1], kernel_size=1)
+    if self.method == "cat":
+      return jnp.concatenate([h, y], axis=-1)
+    if self.method == "sum":
+      return h + y
+    raise ValueError(f"progressive_combine {self.method!r} unknown; valid choices: ['cat', 'sum'].")
+
+
+class AttnBlockpp(nn.Module):
+  """Single-head self-attention over all pixels (DDPM), residual, optionally rescaled by 1/√2."""
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  norm_groups: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x):
+    b, height, width, c = x.shape
+    h = group_norm(c, self.norm_groups)(x)
+    q = NIN(c)(h)
+    k = NIN(c)(h)
+    v = NIN(c)(h)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, height, width, -1) * c ** -0.5
+    attn = jax.nn.softmax(logits, axis=-1).reshape(b, height, width, height, width)
+    h = jnp.einsum("bhwHW,bHWc->bhwc", attn, v)
+    h = NIN(c, init_scale=self.init_scale)(h)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class AttnBlock(AttnBlockpp):
+  """DDPM's attention block: 32 groups, zero-initialised output, no rescaling."""
+  norm_groups: Optional[int] = 32
+
+
+class Upsample(nn.Module):
+  """2x upsampling: nearest (+3x3 conv) or FIR (+fused conv)."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  conv_size: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      h = fir_ops.naive_upsample_2d(x, 2)
+      return conv(h, out_ch, self.conv_size) if self.with_conv else h
+    if self.with_conv:
+      return Conv2d(out_ch, self.conv_size, up=True, resample_kernel=self.fir_kernel)(x)
+    return fir_ops.upsample_2d(x, self.fir_kernel, factor=2)
+
+
+class Downsample(nn.Module):
+  """2x downsampling: stride-2 3x3 conv or 2x2 average pool; or FIR (+fused conv)."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  conv_size: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      # SAME padding of a stride-2 conv pads (0, 1), as the reference does.
+      return conv(x, out_ch, self.conv_size, stride=2) if self.with_conv else (
+          fir_ops.naive_downsample_2d(x, 2))
+    if self.with_conv:
+      return Conv2d(out_ch, self.conv_size, down=True, resample_kernel=self.fir_kernel)(x)
+    return fir_ops.downsample_2d(x, self.fir_kernel, factor=2)
+
+
+class ResnetBlockDDPMpp(nn.Module):
+  """DDPM residual block: GN-act-conv, + Dense(temb), GN-act-dropout-conv; NIN/conv shortcut."""
+  act: Callable
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  conv_size: int = 3
+  norm_groups: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x, temb=None, train: bool = True):
+    c = x.shape[-1]
+    out_ch = self.out_ch or c
+    h = self.act(group_norm(c, self.norm_groups)(x))
+    h = conv(h, out_ch, self.conv_size)
+    if temb is not None:
+      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, self.norm_groups)(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv(h, out_ch, self.conv_size, init_scale=self.init_scale)
+    if c != out_ch:
+      x = conv(x, out_ch, self.conv_size) if self.conv_shortcut else NIN(out_ch)(x)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class ResnetBlockDDPM(ResnetBlockDDPMpp):
+  """The residual block of Ho et al.'s UNet: 32 GroupNorm groups, no rescaling."""
+  norm_groups: Optional[int] = 32
+
+
+class ResnetBlockBigGANpp(nn.Module):
+  """BigGAN residual block with optional 2x up/down-sampling of both branches (FIR or naive)."""
+  act: Callable
+  up: bool = False
+  down: bool = False
+  out_ch: Optional[int] = None
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+  conv_size: int = 3
+
+  @nn.compact
+  def __call__(self, x, temb=None, train: bool = True):
+    c = x.shape[-1]
+    out_ch = self.out_ch or c
+    h = self.act(group_norm(c)(x))
+    if self.up:
+      resample = ((lambda a: fir_ops.upsample_2d(a, self.fir_kernel, factor=2)) if self.fir
+                  else (lambda a: fir_ops.naive_upsample_2d(a, 2)))
+    elif self.down:
+      resample = ((lambda a: fir_ops.downsample_2d(a, self.fir_kernel, factor=2)) if self.fir
+                  else (lambda a: fir_ops.naive_downsample_2d(a, 2)))
+    if self.up or self.down:
+      h, x = resample(h), resample(x)
+    h = conv(h, out_ch, self.conv_size)
+    if temb is not None:
+      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch)(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv(h, out_ch, self.conv_size, init_scale=self.init_scale)
+    if c != out_ch or self.up or self.down:
+      x = conv(x, out_ch, kernel_size=1)
+    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
