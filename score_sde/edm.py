@@ -26,31 +26,16 @@ import jax.numpy as jnp
 from flax import struct
 from jax.tree_util import Partial
 
+from score_sde import sampling
 from score_sde.sde import SDE, ScoreFn, batch_broadcast
+
+sample_keys = sampling.sample_keys
 
 Array = jax.Array
 DenoiserFn = Callable[[Array, Array], Array]  # (x_sigma [B, ...], sigma [B]) -> x0 estimate [B, ...]
 
 
-# --- per-sample randomness and traceable callables -------------------------------------------
-
-def as_traceable(fn: Callable):
-  """Makes a callable a pytree ``jax.jit`` accepts: pytree callables pass through (leaves traced),
-  anything else becomes a static ``Partial`` compared by identity."""
-  if not callable(fn):
-    raise TypeError(f"Expected a callable score_fn(x, t) or Denoiser; got {type(fn)}.")
-  if isinstance(fn, Denoiser):
-    return Denoiser(fn=as_traceable(fn.fn))
-  leaves = jax.tree_util.tree_leaves(fn)
-  if len(leaves) == 1 and leaves[0] is fn:
-    return Partial(fn)
-  return fn
-
-
-def sample_keys(key: Array, batch_size: int) -> Array:
-  """Per-sample keys [B]: key_b = fold_in(key, b), so sample b never depends on the batch size."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch_size))
-
+# --- per-sample randomness (the conventions of ``sampling.py``) -------------------------------
 
 def per_sample_normal(keys: Array, step, shape: Sequence[int], dtype) -> Array:
   """Standard normal [B, ...]: row b drawn from fold_in(keys[b], step)."""
@@ -59,8 +44,16 @@ def per_sample_normal(keys: Array, step, shape: Sequence[int], dtype) -> Array:
 
 
 def prior_sample(keys: Array, sde: SDE, shape: Sequence[int], dtype) -> Array:
-  """x_T ~ prior [B, ...], row b from fold_in(keys[b], 0); steps then use fold_in(keys[b], i + 1)."""
-  return sde.prior_std * per_sample_normal(keys, 0, shape, dtype)
+  """x_T ~ prior [B, ...], row b from fold_in(keys[b], 0) exactly as ``sampling.sample_ode`` draws it;
+  step i then uses fold_in(keys[b], i + 1)."""
+  return sampling.per_sample_prior(sampling.fold_in_all(keys, 0), sde, shape, dtype)
+
+
+def as_traceable(model):
+  """``sampling.as_traceable`` that also accepts a ``Denoiser`` (its function made traceable)."""
+  if isinstance(model, Denoiser):
+    return Denoiser(fn=sampling.as_traceable(model.fn))
+  return sampling.as_traceable(model)
 
 
 def check_shape(shape) -> tuple[int, ...]:

@@ -8,11 +8,10 @@ shrinks their norm towards the middle and decodes to atypical points.
 from __future__ import annotations
 
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_sde import edm
+from score_sde import edm, sampling
 from score_sde.sde import SDE
 
 Array = jax.Array
@@ -44,42 +43,15 @@ def slerp(z0: Array, z1: Array, alpha: Array) -> Array:
 INTERPOLANTS = {"slerp": slerp, "lerp": lerp}
 
 
-@jax.jit
-def _solve_pf_ode(score_fn, sde, x, t0, t1, rtol, atol):
-  reverse = sde.reverse(score_fn, probability_flow=True)
-
-  def drift(t, y, args):
-    return reverse.sde(y[None], jnp.full((1,), t, y.dtype))[0][0]
-
-  def solve(y0):
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(drift), diffrax.Tsit5(), t0=t0, t1=t1, dt0=None, y0=y0,
-                              stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                              max_steps=16384)
-    return sol.ys[0]
-
-  return jax.vmap(solve)(x)
-
-
-def encode(model: edm.Model, sde: SDE, x: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
-           eps: float = 1e-3) -> Array:
-  """Probability-flow ODE from eps to T: data x [B, ...] -> latents [B, ...]."""
-  return _solve_pf_ode(edm.as_traceable(edm.as_score_fn(model, sde)), sde, x, eps, sde.T, rtol, atol)
-
-
-def decode(model: edm.Model, sde: SDE, z: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
-           eps: float = 1e-3) -> Array:
-  """Probability-flow ODE from T to eps: latents z [B, ...] -> data [B, ...]."""
-  return _solve_pf_ode(edm.as_traceable(edm.as_score_fn(model, sde)), sde, z, sde.T, eps, rtol, atol)
-
-
 def interpolate(model: edm.Model, sde: SDE, x_a: Array, x_b: Array, num_points: int = 9, *,
                 method: str = "slerp", rtol: float = 1e-5, atol: float = 1e-5,
                 eps: float = 1e-3) -> tuple[Array, dict]:
   """Decoded interpolation path from x_a to x_b (both [B, ...]): [num_points, B, ...].
 
   Both ends are encoded with the probability-flow ODE, the latents interpolated with ``method``
-  ('slerp' or 'lerp') at α = linspace(0, 1, num_points), and every point decoded. info holds the
-  latents 'z' [num_points, B, ...] and 'alpha'.
+  ('slerp' or 'lerp') at α = linspace(0, 1, num_points), and every point decoded, with
+  ``sampling.encode``/``decode`` (diffrax, per-sample step control). info holds the latents
+  'z' [num_points, B, ...], 'alpha' and 'nfe' (encoding plus decoding).
   """
   if x_a.shape != x_b.shape:
     raise ValueError(f"x_a and x_b must have the same shape; got {x_a.shape} and {x_b.shape}.")
@@ -88,9 +60,10 @@ def interpolate(model: edm.Model, sde: SDE, x_a: Array, x_b: Array, num_points: 
   if num_points < 2:
     raise ValueError(f"num_points must be >= 2; got {num_points}.")
   kw = dict(rtol=rtol, atol=atol, eps=eps)
-  z = encode(model, sde, jnp.concatenate([x_a, x_b]), **kw)
+  score_fn = edm.as_score_fn(model, sde)
+  z, nfe_encode = sampling.encode(score_fn, sde, jnp.concatenate([x_a, x_b]), **kw)
   z_a, z_b = z[: x_a.shape[0]], z[x_a.shape[0]:]
   alpha = jnp.linspace(0.0, 1.0, num_points, dtype=z.dtype)
   z_path = INTERPOLANTS[method](z_a, z_b, alpha)  # [K, B, ...]
-  x_path = decode(model, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
-  return x_path.reshape(z_path.shape), {"z": z_path, "alpha": alpha}
+  x_path, nfe_decode = sampling.decode(score_fn, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
+  return x_path.reshape(z_path.shape), {"z": z_path, "alpha": alpha, "nfe": nfe_encode + nfe_decode}
