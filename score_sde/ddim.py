@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import edm
-from score_sde.sde import SDE, batch_broadcast
+from score_sde.sde import SDE
 
 Array = jax.Array
 
