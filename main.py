@@ -1,5 +1,9 @@
 """Train, evaluate and sample score-based models: ``python main.py --help``."""
+from absl import flags
+
 from score_sde import cli
+
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
   cli.main()

@@ -10,6 +10,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 MODES = ("train", "eval", "sample", "likelihood")
@@ -33,7 +34,9 @@ flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host 
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger("score_sde").setLevel(logging.INFO)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from score_sde import distributed, run_lib  # after flag parsing: importing jax is slow
 
   distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
