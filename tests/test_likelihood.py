@@ -49,14 +49,16 @@ def test_hutchinson_estimate_is_unbiased(divergence, x64):
   """Replicating one point across the batch gives independent probes (probe b = fold_in(key, b))."""
   sde, mix, n = sde_lib.VPSDE(), _mixture(), 128
   x = jnp.broadcast_to(jnp.array([[0.3, -0.2]]), (n, 2))
+  # Tolerance 1e-4: the solver error (~1e-4 nats) is far below the estimator's SE (~1e-2).
+  tol = dict(rtol=1e-4, atol=1e-4)
   exact, _, _ = likelihood.log_likelihood(jax.random.PRNGKey(0), mix.score_fn(sde), sde, x[:1],
-                                          divergence="exact")
+                                          divergence="exact", **tol)
   estimates, _, _ = likelihood.log_likelihood(jax.random.PRNGKey(1), mix.score_fn(sde), sde, x,
-                                              divergence=divergence)
+                                              divergence=divergence, **tol)
   estimates = np.asarray(estimates)
   se = estimates.std(ddof=1) / math.sqrt(n)
   assert estimates.std() > 1e-3, "probes must differ between samples"
-  assert abs(estimates.mean() - float(exact[0])) < 4 * se
+  assert abs(estimates.mean() - float(exact[0])) < 4 * se, (estimates.mean(), float(exact[0]), se)
 
 
 def test_bad_arguments_are_rejected():
