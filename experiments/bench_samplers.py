@@ -3,7 +3,8 @@
 Prints, as a Markdown table, the sampler wall time divided by (NFE x the time of one batched score
 evaluation): the overhead of the sampler's own work (noise, updates, loop control; target <= 1.05),
 and the NFE and wall time of sample_ode and log_likelihood at rtol = atol = 1e-3 and 1e-5.
-Wall times are medians over --repeats runs after one compiling run.
+Wall times and ratios are medians over --repeats runs after one compiling run; the score
+evaluation is timed right before and after each run, so that load from other jobs cancels.
 
   PYTHONPATH=. python experiments/bench_samplers.py [--image 32 32 3] [--batch 64] [--hidden 1024]
 """
@@ -42,14 +43,31 @@ def mlp_score(params, x, t):
   return (h @ params["w3"]).reshape(shape) - x
 
 
+def timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
 def median_time(fn, repeats: int) -> float:
   jax.block_until_ready(fn())  # compile
-  times = []
+  return statistics.median(timed(fn) for _ in range(repeats))
+
+
+def overhead(run, nfe: int, score_eval, repeats: int) -> tuple[float, float]:
+  """(median wall time, median of wall / (nfe x eval)), eval timed just before and after each run.
+
+  Interleaving keeps the ratio meaningful on a machine shared with other jobs.
+  """
+  jax.block_until_ready(run())  # compile
+  walls, ratios = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    before = statistics.median(timed(score_eval) for _ in range(3))
+    wall = timed(run)
+    after = statistics.median(timed(score_eval) for _ in range(3))
+    walls.append(wall)
+    ratios.append(wall / (nfe * 0.5 * (before + after)))
+  return statistics.median(walls), statistics.median(ratios)
 
 
 def main():
@@ -85,11 +103,11 @@ def main():
       ("sample_ode tsit5 rtol=1e-3", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-3, atol=1e-3)),
       ("sample_ode tsit5 rtol=1e-5", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-5, atol=1e-5)),
   ]
+  score_eval = lambda: eval_fn(params, x, t)
   for name, run in runs:
-    _, nfe = run(jax.random.PRNGKey(0))
-    wall = median_time(lambda: run(jax.random.PRNGKey(2))[0], args.repeats)
-    nfe = int(nfe)
-    print(f"| {name} | {nfe} | {wall:.3f} | {wall / (nfe * t_eval):.3f} |")
+    nfe = int(run(jax.random.PRNGKey(0))[1])
+    wall, ratio = overhead(lambda: run(jax.random.PRNGKey(2))[0], nfe, score_eval, args.repeats)
+    print(f"| {name} | {nfe} | {wall:.3f} | {ratio:.3f} |")
 
   xl = x[: args.ll_batch]
   tl = t[: args.ll_batch]
@@ -98,11 +116,12 @@ def main():
         f"{1e3 * t_eval_ll:.2f} ms)\n")
   print("| rtol = atol | NFE | wall time (s) | wall / (NFE x eval) |")
   print("|---|---|---|---|")
+  score_eval = lambda: eval_fn(params, xl, tl)
   for tol in (1e-3, 1e-5):
     run = lambda: likelihood.log_likelihood(jax.random.PRNGKey(0), score_fn, sde, xl, rtol=tol, atol=tol)
     nfe = int(run()[2])
-    wall = median_time(lambda: run()[0], args.repeats)
-    print(f"| {tol:g} | {nfe} | {wall:.3f} | {wall / (nfe * t_eval_ll):.3f} |")
+    wall, ratio = overhead(lambda: run()[0], nfe, score_eval, args.repeats)
+    print(f"| {tol:g} | {nfe} | {wall:.3f} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":
