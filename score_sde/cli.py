@@ -34,9 +34,9 @@ flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host 
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  absl_logging.set_verbosity(absl_logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
   logging.getLogger("score_sde").setLevel(logging.INFO)
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from score_sde import distributed, run_lib  # after flag parsing: importing jax is slow
 
   distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,

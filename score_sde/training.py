@@ -1,6 +1,6 @@
 """Train state and the compiled training/evaluation steps.
 
-One jitted call runs ``n_jitted_steps`` optimiser steps through ``lax.scan``. Randomness is derived
+One jitted call runs ``n_jitted_steps`` optimiser steps (unrolled). Randomness is derived
 from the step alone, ``fold_in(train_key, step)``, and the noise for the whole global batch is drawn
 inside jit, so a step gives identical results on any number of devices or processes.
 """
@@ -66,7 +66,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def train_step(state: TrainState, batches, train_key):
-    return jax.lax.scan(lambda s, b: one_step(s, b, train_key), state, batches)
+    # A Python loop, unrolled at trace time, rather than lax.scan: XLA:CPU runs the backward
+    # convolutions ~10x slower inside a while-loop body (experiments/bench_train_step.py).
+    metrics = []
+    for i in range(batches.shape[0]):
+      state, m = one_step(state, batches[i], train_key)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
   return train_step
 

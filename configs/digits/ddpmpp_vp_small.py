@@ -17,12 +17,12 @@ def get_config():
   training.continuous = True
   training.reduce_mean = True
   training.likelihood_weighting = False
-  training.batch_size = 64
-  training.n_iters = 3000
-  training.n_jitted_steps = 5
+  training.batch_size = 32
+  training.n_iters = 2500
+  training.n_jitted_steps = 1
   training.log_freq = 100
   training.eval_freq = 500
-  training.snapshot_freq = 1500
+  training.snapshot_freq = 2500
   training.snapshot_freq_for_preemption = 500
   training.snapshot_sampling = True
   training.snapshot_num_samples = 64
@@ -38,7 +38,7 @@ def get_config():
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 2
+  evaluate.end_ckpt = 1
   evaluate.batch_size = 128
   evaluate.enable_sampling = True
   evaluate.num_samples = 256
@@ -68,7 +68,7 @@ def get_config():
   model.scale_by_sigma = False
   model.normalization = "GroupNorm"
   model.nonlinearity = "swish"
-  model.nf = 32
+  model.nf = 16
   model.ch_mult = (1, 2, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = (4,)
@@ -93,6 +93,6 @@ def get_config():
   optim.beta1 = 0.9
   optim.eps = 1e-8
   optim.weight_decay = 0.0
-  optim.warmup = 200
+  optim.warmup = 100
   optim.grad_clip = 1.0
   return config
