@@ -3,7 +3,7 @@
 Two managers under the work directory, as in the reference layout:
 - ``checkpoints/``: periodic snapshots (every ``snapshot_freq`` steps), all kept, used by eval mode;
 - ``checkpoints-meta/``: the frequent preemption checkpoint, only the latest kept.
-Saving is asynchronous; orbax writes to a temporary directory and renames it when complete, so a
+Saving is asynchronous on a single process (synchronous across several); orbax writes to a temporary directory and renames it when complete, so a
 process killed mid-save leaves no checkpoint that could be restored half-written.
 """
 from __future__ import annotations
@@ -23,9 +23,12 @@ def abstract_like(tree: Any) -> Any:
 
 
 def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False):
+  # Asynchronous on one process. With several processes, orbax 0.12's async finalisation was seen
+  # to hang process 0 in wait_until_finished while the others shut down, so saves are synchronous.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
-                                         enable_async_checkpointing=True, read_only=read_only)
+                                         enable_async_checkpointing=jax.process_count() == 1,
+                                         read_only=read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 

@@ -399,17 +399,21 @@ def _load_config(path: str):
   return module.get_config()
 
 
-def convert_main(argv: List[str]) -> str:
-  """CLI: convert a reference checkpoint and write an orbax checkpoint {'params', 'ema_params'}.
+def convert_main(argv: Optional[List[str]] = None) -> str:
+  """CLI: convert a reference checkpoint into a training work directory of this project.
 
-  Usage: convert --config CONFIG.py --source CKPT [--format pytorch|flax] --out DIR
+  Usage: score-sde-convert --config CONFIG.py --source CKPT [--format pytorch|flax] --out WORKDIR
+  Writes a snapshot (params, EMA params, a fresh optimiser state) to WORKDIR/checkpoints, so that
+  ``main.py --config CONFIG.py --workdir WORKDIR --mode sample`` (or eval, or train to fine-tune)
+  uses it directly.
   """
-  parser = argparse.ArgumentParser(prog="score-sde convert", description=convert_main.__doc__)
+  parser = argparse.ArgumentParser(prog="score-sde-convert", description=convert_main.__doc__)
   parser.add_argument("--config", required=True, help="config file with get_config()")
   parser.add_argument("--source", required=True, help=".pth (PyTorch) or checkpoint_N (JAX)")
   parser.add_argument("--format", choices=["pytorch", "flax"], default=None,
                       help="default: pytorch for .pth/.pt files, flax otherwise")
-  parser.add_argument("--out", required=True, help="directory for the orbax checkpoint")
+  parser.add_argument("--out", required=True, help="work directory to write the checkpoint into")
+  parser.add_argument("--step", type=int, default=0, help="training step to record")
   args = parser.parse_args(argv)
   config = _load_config(args.config)
   fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
@@ -418,12 +422,19 @@ def convert_main(argv: List[str]) -> str:
   else:
     converted = from_flax_checkpoint(args.source, config)
   converted.setdefault("ema_params", converted["params"])
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from score_sde import checkpointing, run_lib  # pylint: disable=import-outside-toplevel
+
+  exp = run_lib.Experiment(config)
+  state = exp.fresh_state()
+  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), exp.replicated)
+  state = state.replace(step=jnp.asarray(args.step, jnp.int32), params=to_device(converted["params"]),
+                        ema_params=to_device(converted["ema_params"]))
   out = os.path.abspath(args.out)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out, jax.tree_util.tree_map(jnp.asarray, converted))
-  checkpointer.wait_until_finished()
-  print(f"wrote {out}")
+  ckpts = checkpointing.TrainCheckpoints(out)
+  ckpts.save(args.step, state, snapshot=True)
+  ckpts.wait_until_finished()
+  ckpts.close()
+  print(f"wrote step {args.step} to {out}/checkpoints")
   return out
 
 

@@ -37,6 +37,16 @@ def tiny_config(name="ncsnpp"):
   return config
 
 
+def experiment_config():
+  """tiny_config plus the training fields a work directory's TrainState needs."""
+  config = tiny_config()
+  config.seed = 0
+  config.training.sde = "vesde"
+  config.optim = ml_collections.ConfigDict(dict(
+      optimizer="Adam", lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0.0, warmup=10, grad_clip=1.0))
+  return config
+
+
 # Torch submodules of each block type: (submodule, param, torch shape).
 def biggan(cin, cout, resample=False, temb=128):
   keys = [("GroupNorm_0", "weight", (cin,)), ("GroupNorm_0", "bias", (cin,)),
@@ -272,14 +282,15 @@ def test_torch_zip_reader_and_cli(tmp_path):
 
   config_file = tmp_path / "tiny_config.py"
   config_file.write_text(
-      "import sys\nsys.path.insert(0, %r)\nfrom test_convert import tiny_config\n"
-      "def get_config():\n  return tiny_config()\n" % os.path.dirname(__file__))
+      "import sys\nsys.path.insert(0, %r)\nfrom test_convert import experiment_config\n"
+      "def get_config():\n  return experiment_config()\n" % os.path.dirname(__file__))
   out = convert.convert_main(["--config", str(config_file), "--source", pth,
                               "--out", str(tmp_path / "orbax")])
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  restored = ocp.StandardCheckpointer().restore(out)
+  from score_sde import checkpointing, run_lib  # pylint: disable=import-outside-toplevel
+  ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
+  restored = ckpts.restore_latest(run_lib.Experiment(experiment_config()).abstract_state())
   for key, (path, value) in where.items():
-    np.testing.assert_array_equal(get_leaf(restored["params"], path), value, err_msg=key)
+    np.testing.assert_array_equal(get_leaf(restored.params, path), value, err_msg=key)
 
 
 def test_flax_checkpoint_loader(tmp_path):

@@ -1,11 +1,15 @@
 """DDPM++ (continuous VP SDE) on the built-in handwritten digits at 16x16: the README's main job.
 
   python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
+  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode eval
 
-Trains on 2 CPU cores in about 10 minutes, then writes a sample grid to runs/digits/samples/ and
-the test bits/dim to runs/digits/eval/. Runs offline: the digits ship with scikit-learn.
+Runs offline (the digits ship with scikit-learn). Expected: 2500 steps in about 10 minutes on
+2 CPU cores (0.17-0.3 s/step), a grid of recognisable digits in runs/digits/samples/iter_2500.png,
+and the test loss, dequantized bits/dim and Frechet Digits Distance in
+runs/digits/eval/report_2500.json (figures in the README).
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -55,6 +59,10 @@ def get_config():
   data.random_flip = False
   data.centered = True
   data.uniform_dequantization = False
+  data.category = placeholder(str)
+  data.path = placeholder(str)
+  data.tfds_name = placeholder(str)
+  data.data_dir = placeholder(str)
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"
@@ -75,7 +83,7 @@ def get_config():
   model.resamp_with_conv = True
   model.conditional = True
   model.fir = False
-  model.fir_kernel = [1, 3, 3, 1]
+  model.fir_kernel = (1, 3, 3, 1)
   model.skip_rescale = True
   model.resblock_type = "biggan"
   model.progressive = "none"
@@ -84,7 +92,7 @@ def get_config():
   model.attention_type = "ddpm"
   model.init_scale = 0.0
   model.embedding_type = "positional"
-  model.fourier_scale = 16
+  model.fourier_scale = 16.0
   model.conv_size = 3
 
   config.optim = optim = ml_collections.ConfigDict()
