@@ -244,7 +244,7 @@ def _sample_rounds(exp: Experiment, params, key, out_dir: str) -> np.ndarray:
   return np.concatenate(shards)[:n]
 
 
-def _sample_metrics(config, samples: np.ndarray, out_dir: str) -> dict:
+def _sample_metrics(config, samples: np.ndarray) -> dict:
   """Offline sample quality for the built-in digits: the Fréchet Digits Distance to the test split."""
   if config.data.dataset.lower() != "digits":
     return {}
@@ -291,7 +291,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> dict:
       if jax.process_index() == 0:
         logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
                                       os.path.join(out_dir, "samples.png"))
-      report.update(_sample_metrics(config, samples, out_dir))
+      report.update(_sample_metrics(config, samples))
     if jax.process_index() == 0:
       _atomic_json(os.path.join(eval_dir, f"report_{step}.json"), report)
       done.append(step)
