@@ -28,7 +28,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from score_sde import edm
+from score_sde import edm, sampling
 from score_sde.sde import SDE
 
 Array = jax.Array
@@ -62,16 +62,17 @@ def adaptive_sample(key: Array, model: edm.Model, sde: SDE, shape: Sequence[int]
 def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_init, *, shape,
                      max_attempts):
   dtype = edm.default_dtype()
-  reverse = sde.reverse(edm.as_score_fn(model, sde))
   keys = edm.sample_keys(key, shape[0])
   x_T = edm.prior_sample(keys, sde, shape, dtype)
   dim = x_T[0].size
 
-  def coefficients(x, t):  # one sample: reverse drift [...] and g(t) (scalar)
-    drift, diffusion = reverse.sde(x[None], jnp.full((1,), t, dtype))
-    return drift[0], diffusion[0]
+  def solve_one(model_b, key_b, x):
+    reverse = sde.reverse(edm.as_score_fn(model_b, sde))
 
-  def solve_one(key_b, x):
+    def coefficients(x, t):  # one sample: reverse drift [...] and g(t) (scalar)
+      drift, diffusion = reverse.sde(x[None], jnp.full((1,), t, dtype))
+      return drift[0], diffusion[0]
+
     def attempt(state):
       x, x_prev, t, h, accepted, rejected = state
       h = jnp.minimum(h, t - eps)
@@ -100,4 +101,4 @@ def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_i
     x, _, _, _, accepted, rejected = jax.lax.while_loop(not_done, attempt, state)
     return x, accepted, rejected
 
-  return jax.vmap(solve_one)(keys, x_T)
+  return sampling.vmap_over_samples(solve_one, model, keys, x_T)

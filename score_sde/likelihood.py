@@ -72,16 +72,16 @@ def log_likelihood(key: Array, score_fn: ScoreFn, sde: SDE, x: Array, *,
 
 @functools.partial(jax.jit, static_argnames=("divergence", "method"))
 def _log_likelihood(key, score_fn, sde, x, rtol, atol, eps, *, divergence, method):
-  drift = sampling.probability_flow_drift(score_fn, sde)
   probe_keys = sampling.sample_keys(key, x.shape[0])
 
-  def one(xi, k):
+  def one(score_fn_b, xi, k):
+    drift = sampling.probability_flow_drift(score_fn_b, sde)
     field = _augmented_field(drift, divergence, _probe(k, xi, divergence))
     (z, delta), nfe = sampling.solve_adaptive(field, (xi, jnp.zeros((), xi.dtype)), eps, sde.T,
                                               rtol=rtol, atol=atol, method=method)
     return z, delta, nfe
 
-  z, delta, nfe = jax.vmap(one)(x, probe_keys)
+  z, delta, nfe = sampling.vmap_over_samples(one, score_fn, x, probe_keys)
   return sde.prior_logp(z) + delta, z, jnp.max(nfe)
 
 

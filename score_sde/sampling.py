@@ -24,7 +24,7 @@ corrector scales its step by norms averaged over the batch, as the reference imp
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import diffrax
 import jax
@@ -36,6 +36,8 @@ from score_sde import predictors as predictors_lib
 from score_sde.sde import SDE, VESDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
+# (keys [B], x, x_mean, t [B]) -> (x, x_mean): a projection applied by ``sample_pc`` after each update.
+Constraint = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
 
 
 # --- helpers shared by the samplers ---------------------------------------------------------
@@ -52,6 +54,33 @@ def as_traceable(score_fn: ScoreFn):
   if len(leaves) == 1 and leaves[0] is score_fn:  # an unregistered object: a pytree leaf
     return Partial(score_fn)
   return score_fn
+
+
+def per_sample_axes(score_fn):
+  """``vmap`` in_axes for a score_fn pytree: 0 for leaves with one entry per sample, else None.
+
+  A score_fn that carries per-sample state (the class labels of a guided score) declares it with a
+  ``per_sample_axes()`` method; any other callable is shared by all samples.
+  """
+  if hasattr(score_fn, "per_sample_axes"):
+    return score_fn.per_sample_axes()
+  return jax.tree.map(lambda _: None, score_fn)
+
+
+def vmap_over_samples(fn: Callable, score_fn: ScoreFn, *batched):
+  """``jax.vmap`` of ``fn(score_fn_b, *args_b)`` over the batch, for per-sample adaptive solvers.
+
+  fn calls score_fn on batches of ONE sample, so the per-sample leaves of ``score_fn`` (see
+  ``per_sample_axes``) are sliced to sample b and given a batch axis of size 1.
+  """
+  axes = per_sample_axes(score_fn)
+
+  def one(score_fn_b, *args):
+    score_fn_b = jax.tree.map(lambda a, v: v if a is None else v[None], axes, score_fn_b,
+                              is_leaf=lambda a: a is None)
+    return fn(score_fn_b, *args)
+
+  return jax.vmap(one, in_axes=(axes,) + (0,) * len(batched))(score_fn, *batched)
 
 
 def sample_keys(key: Array, batch_size: int) -> Array:
@@ -87,11 +116,16 @@ def _check_shape(shape) -> tuple[int, ...]:
 def sample_pc(key: Array, score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *,
               predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
               n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-              eps: float = 1e-3) -> tuple[Array, int]:
+              eps: float = 1e-3, constraint: Constraint | None = None) -> tuple[Array, int]:
   """Predictor-corrector sampler (Algorithm 1): at each t of linspace(T, eps, N), corrector then predictor.
 
   Returns x [shape] (the noise-free mean of the last step when ``denoise``) and the number of
   score evaluations, N (predictor) + N n_steps (corrector).
+
+  ``constraint(keys [B], x, x_mean, t [B]) -> (x, x_mean)``, when given, is applied to the prior
+  draw and after every corrector and predictor update, with t the time the state has reached
+  (0 after the last predictor step). ``controllable.py`` uses it for inpainting and colorization.
+  It must be a pytree callable (e.g. a ``flax.struct`` dataclass) to be traced rather than static.
   """
   shape = _check_shape(shape)
   predictor_fn = predictors_lib.get_predictor(predictor)
@@ -104,16 +138,16 @@ def sample_pc(key: Array, score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *,
     raise ValueError(f"n_steps (corrector steps per time) must be >= 1; got {n_steps}.")
   if corrector_fn is not None:
     correctors_lib.langevin_alpha(sde, jnp.zeros((1,)))  # raises for SDEs without a Langevin rule
-  x = _sample_pc(key, as_traceable(score_fn), sde, snr, eps, shape=shape, predictor=predictor,
-                 corrector=corrector, n_steps=n_steps, probability_flow=probability_flow,
-                 denoise=denoise)
+  x = _sample_pc(key, as_traceable(score_fn), sde, snr, eps, constraint, shape=shape,
+                 predictor=predictor, corrector=corrector, n_steps=n_steps,
+                 probability_flow=probability_flow, denoise=denoise)
   nfe = sde.N * ((predictor_fn is not None) + (corrector_fn is not None) * n_steps)
   return x, nfe
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "predictor", "corrector", "n_steps",
                                              "probability_flow", "denoise"))
-def _sample_pc(key, score_fn, sde, snr, eps, *, shape, predictor, corrector, n_steps,
+def _sample_pc(key, score_fn, sde, snr, eps, constraint, *, shape, predictor, corrector, n_steps,
                probability_flow, denoise):
   predictor_fn = predictors_lib.get_predictor(predictor)
   corrector_fn = correctors_lib.get_corrector(corrector)
@@ -122,6 +156,10 @@ def _sample_pc(key, score_fn, sde, snr, eps, *, shape, predictor, corrector, n_s
   step_keys = fold_in_all(keys, 1)
   x = per_sample_prior(prior_keys, sde, shape)  # [B, ...]
   timesteps = pc_timesteps(sde, eps).astype(x.dtype)
+  # Time reached after the predictor step at timesteps[i]: the next grid time, 0 after the last.
+  next_times = jnp.append(timesteps[1:], jnp.zeros((1,), x.dtype))
+  constrain = constraint if constraint is not None else (lambda keys, x, x_mean, t: (x, x_mean))
+  x, _ = constrain(fold_in_all(keys, 2), x, x, jnp.full((shape[0],), timesteps[0]))
 
   def step(i, carry):
     x, x_mean = carry
@@ -130,9 +168,11 @@ def _sample_pc(key, score_fn, sde, snr, eps, *, shape, predictor, corrector, n_s
     if corrector_fn is not None:
       x, x_mean = corrector_fn(fold_in_all(keys_i, 0), x, t, score_fn=score_fn, sde=sde, snr=snr,
                                n_steps=n_steps)
+      x, x_mean = constrain(fold_in_all(keys_i, 2), x, x_mean, t)
     if predictor_fn is not None:
       x, x_mean = predictor_fn(fold_in_all(keys_i, 1), x, t, score_fn=score_fn, sde=sde,
                                probability_flow=probability_flow)
+      x, x_mean = constrain(fold_in_all(keys_i, 3), x, x_mean, jnp.full_like(t, next_times[i]))
     return x, x_mean
 
   x, x_mean = jax.lax.fori_loop(0, sde.N, step, (x, x))
@@ -247,9 +287,11 @@ def probability_flow_drift(score_fn: ScoreFn, sde: SDE):
 
 @functools.partial(jax.jit, static_argnames=("method",))
 def _solve_pf_ode(score_fn, sde, x, t0, t1, rtol, atol, *, method):
-  drift = probability_flow_drift(score_fn, sde)
-  solve = lambda xi: solve_adaptive(drift, xi, t0, t1, rtol=rtol, atol=atol, method=method)
-  y, nfe = jax.vmap(solve)(x)
+  def solve(score_fn_b, xi):
+    drift = probability_flow_drift(score_fn_b, sde)
+    return solve_adaptive(drift, xi, t0, t1, rtol=rtol, atol=atol, method=method)
+
+  y, nfe = vmap_over_samples(solve, score_fn, x)
   # Under vmap the solver's while_loop runs until the slowest sample has finished, evaluating
   # the score on the whole batch each time: the batched cost is the largest per-sample NFE.
   return y, jnp.max(nfe)

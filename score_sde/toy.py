@@ -110,6 +110,12 @@ class GaussianMixture:
     resp = jax.nn.softmax(joint, axis=-1)
     return jax.nn.logsumexp(joint, axis=-1), jnp.einsum("bk,bkd->bd", resp, grads)
 
+  def marginal_log_responsibilities(self, sde: SDE, x: Array, t: Array) -> Array:
+    """log p_t(k | x) [B, K]: the exact noise-conditional classifier of the components."""
+    means, covs = self._marginal_components(sde, t)
+    logpdf, _ = _mvn_logpdf_and_grad(x[:, None, :], means, covs)  # [B, K]
+    return jax.nn.log_softmax(jnp.log(self.weights) + logpdf, axis=-1)
+
   def score_fn(self, sde: SDE) -> ScoreFn:
     """The exact score as a plain ``score_fn(x, t)``, interchangeable with a network's."""
     return lambda x, t: self.marginal_score(sde, x, t)
@@ -189,3 +195,55 @@ def get_shape(name: str):
     return SHAPES[name]()
   except KeyError:
     raise ValueError(f"Unknown 2-D shape {name!r}; valid choices are {sorted(SHAPES)}.") from None
+
+
+# --- inpainting oracles for Gaussian data ------------------------------------------------------
+
+def _split(dim: int, observed: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  observed = np.asarray(observed, dtype=int)
+  return np.setdiff1d(np.arange(dim), observed), observed
+
+
+def gaussian_conditional(mean, cov, observed: Sequence[int], y) -> tuple[np.ndarray, np.ndarray]:
+  """Exact p(x_u | x_o = y) of x ~ N(mean, cov): the mean [U] and covariance [U, U] (NumPy, float64)."""
+  mean, cov, y = (np.asarray(v, np.float64) for v in (mean, cov, y))
+  u, o = _split(len(mean), observed)
+  gain = np.linalg.solve(cov[np.ix_(o, o)], cov[np.ix_(o, u)]).T  # [U, O] = S_uo S_oo^-1
+  return mean[u] + gain @ (y - mean[o]), cov[np.ix_(u, u)] - gain @ cov[np.ix_(o, u)]
+
+
+def replacement_limit(sde: SDE, mean, cov, observed: Sequence[int], y,
+                      t_end: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """Law of x_u produced by predictor-only replacement inpainting of N(mean, cov), as N -> inf.
+
+  The replacement x_o(t) = m(t) y + std(t) z draws fresh z at each of the N steps; its effect on
+  the drift averages out as N grows, so in the limit x_u follows the reverse SDE with the joint
+  score evaluated at x_o = m(t) y. With P(t) = (m^2 cov + std^2 I)^-1 that SDE is linear,
+    dx_u = [a x_u - g^2 s_u] dt + g dw,  s_u = -P_uu (x_u - m mean_u) - P_uo m (y - mean_o),
+  and its mean and covariance solve moment ODEs, integrated here from the prior at T to t_end.
+  Comparing with ``gaussian_conditional`` gives the method's bias (docs/controllable.md).
+  """
+  from scipy.integrate import solve_ivp
+
+  mean, cov, y = (np.asarray(v, np.float64) for v in (mean, cov, y))
+  u, o = _split(len(mean), observed)
+  n = len(u)
+
+  def rhs(tau, state):
+    t = jnp.full((1,), sde.T - tau, jnp.float64)
+    m, std = (float(v[0]) for v in sde.marginal_params(t))
+    a, g2 = float(sde.drift_coef(t)[0]), float(sde.diffusion_coef(t)[0]) ** 2
+    precision = np.linalg.inv(m * m * cov + std * std * np.eye(len(mean)))
+    p_uu, p_uo = precision[np.ix_(u, u)], precision[np.ix_(u, o)]
+    drift_matrix = -a * np.eye(n) - g2 * p_uu  # d/dtau of x_u, reverse time tau = T - t
+    offset = g2 * (p_uu @ (m * mean[u]) - p_uo @ (m * (y - mean[o])))
+    mu, sigma = state[:n], state[n:].reshape(n, n)
+    d_sigma = drift_matrix @ sigma + sigma @ drift_matrix.T + g2 * np.eye(n)
+    return np.concatenate([drift_matrix @ mu + offset, d_sigma.ravel()])
+
+  state0 = np.concatenate([np.zeros(n), (float(sde.prior_std) ** 2 * np.eye(n)).ravel()])
+  sol = solve_ivp(rhs, (0.0, sde.T - t_end), state0, method="LSODA", rtol=1e-10, atol=1e-12)
+  if not sol.success:
+    raise RuntimeError(f"moment ODE failed: {sol.message}")
+  final = sol.y[:, -1]
+  return final[:n], final[n:].reshape(n, n)
