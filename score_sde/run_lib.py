@@ -283,6 +283,16 @@ def _reference_description(config) -> dict:
           "max_images": config.eval.fid_stats_num_images}
 
 
+def _check_inception_fields(config) -> None:
+  ev = config.eval
+  if ev.fid_stats_split not in ("train", "test"):
+    raise ValueError(f"config.eval.fid_stats_split={ev.fid_stats_split!r}; choose 'train' or 'test'.")
+  if ev.fid_stats_num_images < 0:
+    raise ValueError(f"config.eval.fid_stats_num_images={ev.fid_stats_num_images}; use >= 0 (0: all).")
+  if ev.inception_batch_size <= 0:
+    raise ValueError(f"config.eval.inception_batch_size={ev.inception_batch_size}; use a positive size.")
+
+
 def _reference_images(config) -> Iterator[np.ndarray]:
   """Batches [b, H, W, C] in [0, 1] of the reference split, in dataset order, capped at
   eval.fid_stats_num_images (0: all); no flips, no dequantization noise."""
@@ -367,6 +377,7 @@ def fid_stats(config, workdir: str, inception_weights=None) -> str:
   Returns:
     The path of the statistics file.
   """
+  _check_inception_fields(config)
   weights = _inception_weights(inception_weights)
   path = fid_stats_path(config, workdir)
   stats, pool3 = _compute_reference(config, weights)
@@ -397,6 +408,7 @@ def _inception_reference(config, workdir: str, inception_weights) -> _InceptionR
              convert_inception.INCEPTION_WEIGHTS_URL, convert_inception.INCEPTION_WEIGHTS_FLAG,
              convert_inception.INCEPTION_WEIGHTS_ENV)
     return None
+  _check_inception_fields(config)
   weights = _inception_weights(inception_weights)
   path = fid_stats_path(config, workdir)
   if os.path.exists(path):

@@ -171,6 +171,9 @@ def test_wrong_weights_file_fails_before_sampling(tmp_path, workdir, image_folde
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "SHA-256 mismatch" in proc.stderr, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "cli" / "fid_stats")
+  config.eval.fid_stats_num_images = -1
+  with pytest.raises(ValueError, match="config.eval.fid_stats_num_images=-1"):
+    run_lib.evaluate(config, workdir, eval_folder="eval_bad", inception_weights=weights_file)
 
 
 def test_without_weights_inception_metrics_are_skipped_with_a_hint(workdir, weights, image_folder,
