@@ -39,6 +39,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 5  # passes over the bits/dim split, each with fresh dequantization
+  # Inception metrics (FID, KID, IS), computed when Inception weights are given (docs/metrics.md).
+  evaluate.fid_stats_split = "train"  # the reference split, as for published CIFAR-10 FIDs
+  evaluate.fid_stats_num_images = 0  # cap on the reference images; 0 takes the whole split
+  evaluate.fid_stats_path = placeholder(str)  # None: <workdir>/fid_stats/<dataset>_<split>_<size>.npz
+  evaluate.inception_batch_size = 50  # images per Inception forward pass
+  evaluate.enable_precision_recall = False  # k-NN precision/recall: num_samples x num_reference distances
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

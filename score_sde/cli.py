@@ -13,7 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "likelihood")
+MODES = ("train", "eval", "sample", "likelihood", "fid_stats")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -22,9 +22,13 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, TensorBoard logs.")
 flags.DEFINE_enum("mode", "train", MODES,
                   "train: train or resume; eval: evaluate snapshots as they appear (loss, bits/dim, "
-                  "samples); sample: write samples of the newest checkpoint; likelihood: bits/dim "
-                  "of the newest checkpoint on the test split.")
+                  "samples; FID/KID/IS with --inception_weights); sample: write samples of the newest "
+                  "checkpoint; likelihood: bits/dim of the newest checkpoint on the test split; "
+                  "fid_stats: Inception reference statistics of the config's dataset.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
+flags.DEFINE_string("inception_weights", None,
+                    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "
+                    "--mode fid_stats; defaults to $SCORE_SDE_INCEPTION_WEIGHTS. Never downloaded.")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0 for multi-host runs (jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
@@ -45,11 +49,13 @@ def _run(argv):
   if FLAGS.mode == "train":
     run_lib.train(config, workdir)
   elif FLAGS.mode == "eval":
-    run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+    run_lib.evaluate(config, workdir, FLAGS.eval_folder, FLAGS.inception_weights)
   elif FLAGS.mode == "sample":
     run_lib.sample(config, workdir)
   elif FLAGS.mode == "likelihood":
     run_lib.likelihood(config, workdir)
+  elif FLAGS.mode == "fid_stats":
+    run_lib.fid_stats(config, workdir, FLAGS.inception_weights)
 
 
 def main(argv=None):

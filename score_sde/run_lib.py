@@ -1,6 +1,7 @@
 """Training, evaluation and sampling runs driven by a config: what ``main.py`` calls."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +13,9 @@ import numpy as np
 
 from score_sde import checkpointing, config_utils, datasets, distributed, logging_utils, training
 from score_sde import models, optim
+from score_sde.metrics import convert_inception, fid
+from score_sde.metrics import evaluate as sample_quality
+from score_sde.metrics import features as inception_features
 
 log = logging.getLogger(__name__)
 
@@ -244,24 +248,213 @@ def _sample_rounds(exp: Experiment, params, key, out_dir: str) -> np.ndarray:
   return np.concatenate(shards)[:n]
 
 
-def _sample_metrics(config, samples: np.ndarray) -> dict:
-  """Offline sample quality for the built-in digits: the Fréchet Digits Distance to the test split."""
-  if config.data.dataset.lower() != "digits":
-    return {}
-  from score_sde.metrics import digits_classifier as dc
+# --- Inception reference statistics (FID, KID, IS) -------------------------------------------
 
-  classifier = dc.train_digits_classifier(seed=0, image_size=config.data.image_size)
-  _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(config.data.image_size))
-  result = dc.frechet_digits_distance(samples, x_test, classifier, seed=config.seed)
-  return {"fdd": result.as_dict()}
+def _dataset_tag(config) -> str:
+  """A file-name-safe name of the configured data, e.g. 'cifar10', 'lsun-church_outdoor'."""
+  data = config.data
+  name = data.dataset.lower()
+  detail = {"lsun": data.get("category"), "tfds": data.get("tfds_name"),
+            "folder": os.path.basename(os.path.normpath(data.path)) if data.get("path") else None}.get(name)
+  return (f"{name}-{detail}" if detail else name).replace("/", "-")
 
 
-def evaluate(config, workdir: str, eval_folder: str = "eval") -> dict:
+def fid_stats_path(config, workdir: str) -> str:
+  """config.eval.fid_stats_path, else <workdir>/fid_stats/<dataset>_<split>_<size>[_n<cap>].npz."""
+  if config.eval.fid_stats_path:
+    return config.eval.fid_stats_path
+  cap = config.eval.fid_stats_num_images
+  name = f"{_dataset_tag(config)}_{config.eval.fid_stats_split}_{config.data.image_size}"
+  return os.path.join(workdir, "fid_stats", name + (f"_n{cap}" if cap else "") + ".npz")
+
+
+def _pool3_path(stats_path: str) -> str:
+  return os.path.splitext(stats_path)[0] + "_pool3.npy"
+
+
+def _description_path(stats_path: str) -> str:
+  return os.path.splitext(stats_path)[0] + ".json"
+
+
+def _reference_description(config) -> dict:
+  """What a statistics file must have been computed from to serve as this config's reference."""
+  return {"dataset": _dataset_tag(config), "split": config.eval.fid_stats_split,
+          "image_size": config.data.image_size, "num_channels": config.data.num_channels,
+          "max_images": config.eval.fid_stats_num_images}
+
+
+def _check_inception_fields(config) -> None:
+  ev = config.eval
+  if ev.fid_stats_split not in ("train", "test"):
+    raise ValueError(f"config.eval.fid_stats_split={ev.fid_stats_split!r}; choose 'train' or 'test'.")
+  if ev.fid_stats_num_images < 0:
+    raise ValueError(f"config.eval.fid_stats_num_images={ev.fid_stats_num_images}; use >= 0 (0: all).")
+  if ev.inception_batch_size <= 0:
+    raise ValueError(f"config.eval.inception_batch_size={ev.inception_batch_size}; use a positive size.")
+
+
+def _reference_images(config) -> Iterator[np.ndarray]:
+  """Batches [b, H, W, C] in [0, 1] of the reference split, in dataset order, capped at
+  eval.fid_stats_num_images (0: all); no flips, no dequantization noise."""
+  cap, b = config.eval.fid_stats_num_images, config.eval.inception_batch_size
+  with datasets.get_dataset(config, split=config.eval.fid_stats_split, batch_size=b,
+                            process_index=0, process_count=1, num_epochs=1, evaluation=True,
+                            uniform_dequantization=False, drop_remainder=False) as it:
+    total = min(cap, it.num_examples) if cap else it.num_examples
+    bar = logging_utils.ProgressBar(total=-(-total // b), desc="reference Inception features")
+    seen = 0
+    for batch in it:
+      images = batch["image"][batch["mask"]][:total - seen]
+      seen += len(images)
+      yield images
+      bar.update(1)
+      if seen >= total:
+        break
+    bar.close()
+
+
+def _compute_reference(config, weights) -> tuple[fid.FeatureStats, np.ndarray]:
+  return inception_features.compute_dataset_stats_and_pool3(_reference_images(config), weights,
+                                                            config.eval.inception_batch_size)
+
+
+def _save_reference(config, path: str, stats: fid.FeatureStats, pool3: np.ndarray, weights) -> None:
+  """Writes the pool_3 features and a JSON description, then the .npz, whose presence marks completion."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(_pool3_path(path) + ".tmp", "wb") as f:
+    np.save(f, pool3)
+  os.replace(_pool3_path(path) + ".tmp", _pool3_path(path))
+  _atomic_json(_description_path(path), {
+      **_reference_description(config), "num_images": stats.num_images,
+      **inception_features.stats_provenance(weights), "weights_file": weights.source,
+      "pool3_file": os.path.basename(_pool3_path(path))})
+  stats.save(path + ".tmp")
+  os.replace(path + ".tmp", path)
+
+
+def _load_reference(config, path: str, weights) -> tuple[fid.FeatureStats, np.ndarray | None]:
+  """Loads a statistics file after checking it was made with these weights from this config's data."""
+  stats = fid.FeatureStats.load(path)
+  rebuild = ("Delete it and run --mode fid_stats with the same --config and --inception_weights, or set "
+             "config.eval.fid_stats_path to a matching file.")
+  for field, expected in inception_features.stats_provenance(weights).items():
+    found = getattr(stats, field)
+    if found and found != expected:
+      raise ValueError(f"The Inception statistics {path} have {field}={found!r}, but these weights give "
+                       f"{expected!r} (weights file {weights.source}); FID between them is meaningless. {rebuild}")
+  if not stats.weights_sha256:
+    log.warning("%s records no Inception weights hash; assuming it was made with %s.", path, weights.source)
+  if os.path.exists(_description_path(path)):
+    with open(_description_path(path)) as f:
+      recorded = json.load(f)
+    expected = _reference_description(config)
+    differ = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
+    if differ:
+      raise ValueError(f"The Inception statistics {path} were computed from other data than the config "
+                       f"describes ((file, config) per field: {differ}). {rebuild}")
+  pool3 = np.load(_pool3_path(path)) if os.path.exists(_pool3_path(path)) else None
+  return stats, pool3
+
+
+def _inception_weights(inception_weights):
+  """InceptionWeights as given, or loaded from a path (None: $SCORE_SDE_INCEPTION_WEIGHTS), hash-checked."""
+  if isinstance(inception_weights, convert_inception.InceptionWeights):
+    return inception_weights
+  return convert_inception.load_inception_weights(inception_weights)
+
+
+def fid_stats(config, workdir: str, inception_weights=None) -> str:
+  """Inception reference statistics of the config's data for FID, and its pool_3 features for KID.
+
+  Reads eval.fid_stats_split (at most eval.fid_stats_num_images images, 0 for all) through the same
+  code path as samples (`metrics.features`), and writes `fid_stats_path(config, workdir)` (mu, sigma,
+  num_images, feature space, resize mode, weights hash), `<stem>_pool3.npy` (float32 [N, 2048]) and
+  `<stem>.json` (which data and weights). Every process computes the same numbers; process 0 writes.
+
+  Args:
+    inception_weights: path of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (None: read
+      $SCORE_SDE_INCEPTION_WEIGHTS), checked against its published SHA-256; or loaded `InceptionWeights`.
+  Returns:
+    The path of the statistics file.
+  """
+  _check_inception_fields(config)
+  weights = _inception_weights(inception_weights)
+  path = fid_stats_path(config, workdir)
+  stats, pool3 = _compute_reference(config, weights)
+  if jax.process_index() == 0:
+    _save_reference(config, path, stats, pool3, weights)
+  log.info("Inception statistics of %d %s images written to %s", stats.num_images, _dataset_tag(config),
+           path)
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class _InceptionReference:
+  weights: convert_inception.InceptionWeights
+  stats: fid.FeatureStats
+  pool3: np.ndarray | None  # [N, 2048] reference features (KID, precision/recall), when stored
+
+
+def _inception_reference(config, workdir: str, inception_weights) -> _InceptionReference | None:
+  """Weights and reference statistics for FID/KID/IS, prepared before any sampling so a bad file fails
+  in seconds; None (logged) when no weights are given. Missing statistics are computed and cached."""
+  if not config.eval.enable_sampling:
+    if inception_weights is not None:
+      log.warning("Inception weights given, but config.eval.enable_sampling is False: no FID/KID/IS.")
+    return None
+  if inception_weights is None and not os.environ.get(convert_inception.INCEPTION_WEIGHTS_ENV):
+    log.info("FID/KID/IS skipped: no Inception weights. To enable them, download %s (%s) and pass "
+             "%s=PATH or set $%s.", convert_inception.INCEPTION_WEIGHTS_FILENAME,
+             convert_inception.INCEPTION_WEIGHTS_URL, convert_inception.INCEPTION_WEIGHTS_FLAG,
+             convert_inception.INCEPTION_WEIGHTS_ENV)
+    return None
+  _check_inception_fields(config)
+  weights = _inception_weights(inception_weights)
+  path = fid_stats_path(config, workdir)
+  if os.path.exists(path):
+    stats, pool3 = _load_reference(config, path, weights)
+  else:
+    log.info("No Inception statistics at %s: computing them once from the %r split.", path,
+             config.eval.fid_stats_split)
+    stats, pool3 = _compute_reference(config, weights)
+    if jax.process_index() == 0:
+      _save_reference(config, path, stats, pool3, weights)
+  if pool3 is None:
+    log.info("KID skipped: no reference pool_3 features %s next to %s (--mode fid_stats writes them).",
+             _pool3_path(path), path)
+  return _InceptionReference(weights, stats, pool3)
+
+
+def _sample_metrics(config, samples: np.ndarray, inception: _InceptionReference | None = None) -> dict:
+  """Sample quality of uint8 samples [N, H, W, C]: FID, IS (and KID, precision/recall when reference
+  features exist) if Inception weights are given; for the built-in digits also the offline Fréchet
+  Digits Distance to the test split."""
+  metrics = {}
+  if inception is not None:
+    results = sample_quality.evaluate_inception_metrics(
+        samples, inception.weights, inception.stats, inception.pool3, seed=config.seed,
+        batch_size=config.eval.inception_batch_size,
+        pr_k=3 if config.eval.enable_precision_recall else None)
+    metrics.update({name: result.as_dict() for name, result in results.items()})
+  if config.data.dataset.lower() == "digits":
+    from score_sde.metrics import digits_classifier as dc
+
+    classifier = dc.train_digits_classifier(seed=0, image_size=config.data.image_size)
+    _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(config.data.image_size))
+    result = dc.frechet_digits_distance(samples, x_test, classifier, seed=config.seed)
+    metrics["fdd"] = result.as_dict()
+  return metrics
+
+
+def evaluate(config, workdir: str, eval_folder: str = "eval", inception_weights=None) -> dict:
   """Evaluates snapshots eval.begin_ckpt..eval.end_ckpt (step = ckpt * snapshot_freq) as they appear.
 
   Writes ``report_<step>.json`` per checkpoint; ``meta.json`` lists finished ones so a restarted
-  evaluation skips them, and sample shards already written are reused.
+  evaluation skips them, and sample shards already written are reused. With Inception weights (a
+  path, or $SCORE_SDE_INCEPTION_WEIGHTS; see `fid_stats`) the samples also get FID, IS and KID
+  against the statistics at `fid_stats_path`, computed there first if missing.
   """
+  inception = _inception_reference(config, workdir, inception_weights)
   exp = Experiment(config)
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
@@ -291,7 +484,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> dict:
       if jax.process_index() == 0:
         logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
                                       os.path.join(out_dir, "samples.png"))
-      report.update(_sample_metrics(config, samples))
+      report.update(_sample_metrics(config, samples, inception))
     if jax.process_index() == 0:
       _atomic_json(os.path.join(eval_dir, f"report_{step}.json"), report)
       done.append(step)

@@ -1,10 +1,9 @@
 """Torch-free reading of `torch.save` files and conversion of the pytorch-fid Inception key layout.
 
-The synthetic files are written here without torch: the pickle opcodes of a state dict are emitted by
-hand, in the zip layout (torch >= 1.6) and in the legacy layout that pytorch-fid's 2019 release uses.
+The synthetic files are written without torch by `tests/helpers/torch_save.py`, in the zip layout
+(torch >= 1.6) and in the legacy layout that pytorch-fid's 2019 release uses.
 """
 import pickle
-import struct
 import zipfile
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from score_sde.metrics import convert_inception as ci
 from score_sde.metrics import torch_pickle
+from tests.helpers import torch_save
 
 # ---------------------------------------------------------------------------------------------------
 # The published layout: torchvision Inception3 module names (aux_logits=False, 1008 classes) with the
@@ -79,86 +79,7 @@ def published_state_dict(seed=0, with_num_batches_tracked=True):
   return sd
 
 
-# ---------------------------------------------------------------------------------------------------
-# A minimal torch.save writer: protocol-2 pickle opcodes written by hand.
-
-_STORAGE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
-                  np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage"}
-
-
-def _global(module, name):
-  return b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
-
-
-def _str(s):
-  b = s.encode()
-  return b"X" + struct.pack("<I", len(b)) + b  # BINUNICODE
-
-
-def _int(i):
-  return b"J" + struct.pack("<i", i)  # BININT
-
-
-def _tuple(ints):
-  return b"(" + b"".join(_int(i) for i in ints) + b"t"  # MARK ... TUPLE
-
-
-def _tensor(storage_name, storage_key, numel, offset, shape, stride, legacy):
-  pid = [_str("storage"), _global("torch", storage_name), _str(storage_key), _str("cpu"), _int(numel)]
-  if legacy:
-    pid.append(b"N")  # no view metadata
-  return (_global("torch._utils", "_rebuild_tensor_v2") + b"("
-          + b"(" + b"".join(pid) + b"t" + b"Q"  # persistent id tuple, BINPERSID
-          + _int(offset) + _tuple(shape) + _tuple(stride) + b"\x89"  # NEWFALSE: requires_grad
-          + _global("collections", "OrderedDict") + b")R"  # backward hooks
-          + b"tR")
-
-
-def _state_dict_pickle(tensors, legacy):
-  """tensors: list of (name, storage_name, storage_key, storage_numel, offset, shape, stride)."""
-  out = bytearray(b"\x80\x02" + _global("collections", "OrderedDict") + b")R(")
-  for name, storage_name, key, numel, offset, shape, stride in tensors:
-    out += _str(name) + _tensor(storage_name, key, numel, offset, shape, stride, legacy)
-  out += b"u"  # SETITEMS
-  # state_dict() sets `_metadata` on the OrderedDict; pickle restores it with BUILD.
-  out += b"}" + _str("_metadata") + b"}" + _str("") + b"}" + _str("version") + _int(1) + b"sss" + b"b"
-  out += b"."  # STOP
-  return bytes(out)
-
-
-def _contiguous_entries(state_dict):
-  entries, storages = [], []
-  for i, (name, value) in enumerate(state_dict.items()):
-    value = np.ascontiguousarray(value)
-    stride = [int(np.prod(value.shape[j + 1:])) for j in range(value.ndim)]
-    entries.append((name, _STORAGE_NAMES[value.dtype], str(i), value.size, 0, value.shape, stride))
-    storages.append((str(i), value.reshape(-1)))
-  return entries, storages
-
-
-def write_torch_zip(path, entries, storages):
-  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-    zf.writestr("archive/data.pkl", _state_dict_pickle(entries, legacy=False))
-    zf.writestr("archive/byteorder", "little")
-    for key, flat in storages:
-      zf.writestr(f"archive/data/{key}", flat.astype(flat.dtype.newbyteorder("<")).tobytes())
-    zf.writestr("archive/version", "3\n")
-
-
-def write_torch_legacy(path, entries, storages):
-  with open(path, "wb") as f:
-    f.write(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2))
-    f.write(pickle.dumps(1001, protocol=2))
-    f.write(pickle.dumps({"protocol_version": 1001, "little_endian": True,
-                          "type_sizes": {"short": 2, "int": 4, "long": 8}}, protocol=2))
-    f.write(_state_dict_pickle(entries, legacy=True))
-    f.write(pickle.dumps([key for key, _ in storages], protocol=2))
-    for _, flat in storages:
-      f.write(struct.pack("<q", flat.size))
-      f.write(flat.astype(flat.dtype.newbyteorder("<")).tobytes())
-
-
-WRITERS = {"zip": write_torch_zip, "legacy": write_torch_legacy}
+WRITERS = {"zip": torch_save.write_torch_zip, "legacy": torch_save.write_torch_legacy}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,7 +108,7 @@ def test_reader_handles_offsets_strides_and_dtypes(tmp_path, fmt):
 
 def test_reader_refuses_arbitrary_globals(tmp_path):
   path = tmp_path / "evil.pth"
-  path.write_bytes(b"\x80\x02" + _global("os", "system") + b"X\x04\x00\x00\x00true\x85R.")
+  path.write_bytes(b"\x80\x02" + torch_save.pickle_global("os", "system") + b"X\x04\x00\x00\x00true\x85R.")
   with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
     zf.writestr("archive/data.pkl", path.read_bytes())
   with pytest.raises(pickle.UnpicklingError, match="os.system"):
@@ -202,7 +123,7 @@ def test_published_layout_converts_to_linen_variables(tmp_path, fmt):
   assert sum(v.size for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "tracked"))) \
       == 23_850_960  # torchvision Inception3 without aux head: 23,834,568 + 8 * 2049 for 1008 classes
   path = str(tmp_path / f"{ci.INCEPTION_WEIGHTS_FILENAME}.{fmt}")
-  WRITERS[fmt](path, *_contiguous_entries(sd))
+  WRITERS[fmt](path, *torch_save.contiguous_entries(sd))
   weights = ci.load_inception_weights(path, expected_sha256=None)
   assert weights.sha256 == ci.file_sha256(path) and weights.source == path
   params, stats = weights.variables["params"], weights.variables["batch_stats"]
@@ -237,8 +158,8 @@ def test_conversion_rejects_wrong_layouts():
 
 def test_sha256_mismatch_is_an_error(tmp_path):
   path = tmp_path / ci.INCEPTION_WEIGHTS_FILENAME
-  entries, storages = _contiguous_entries({"fc.bias": np.zeros(1008, np.float32)})
-  write_torch_zip(str(path), entries, storages)
+  entries, storages = torch_save.contiguous_entries({"fc.bias": np.zeros(1008, np.float32)})
+  torch_save.write_torch_zip(str(path), entries, storages)
   with pytest.raises(ValueError, match="SHA-256 mismatch") as err:
     ci.load_inception_weights(str(path))
   assert ci.INCEPTION_WEIGHTS_SHA256 in str(err.value) and ci.file_sha256(str(path)) in str(err.value)

@@ -30,6 +30,10 @@ def test_results_match_metric_modules_and_record_provenance():
     assert (record["num_samples"], record["seed"], record["weights_sha256"]) == (40, 7, "w")
     assert record["resize_mode"] == inception.RESIZE_MODE and record["feature_space"] == features.FEATURE_SPACE
   assert results["fid"].num_reference == 50
+  without_pr = evaluate.metrics_from_inception_features(samples, "w", ref_stats, reference.pool_3, seed=7,
+                                                        is_splits=4, kid_subsets=5, kid_subset_size=20, pr_k=None)
+  assert set(without_pr) == {"fid", "inception_score", "kid"}
+  assert without_pr["kid"].value == results["kid"].value
 
 
 def test_reference_from_other_weights_is_refused():

@@ -11,7 +11,8 @@ from score_sde import logging_utils, run_lib
 from tests.helpers.tiny_config import tiny_config
 
 
-def test_train_sample_and_evaluate(tmp_path):
+def test_train_sample_and_evaluate(tmp_path, monkeypatch):
+  monkeypatch.delenv("SCORE_SDE_INCEPTION_WEIGHTS", raising=False)  # FID/KID/IS: tests/test_run_lib_fid.py
   config = tiny_config()
   config.training.n_iters = 4
   config.training.snapshot_freq = 4

@@ -51,6 +51,12 @@ def get_config():
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 1
   evaluate.checkpoint_timeout_s = 0.0
+  # Inception metrics (FID, KID, IS), computed when Inception weights are given (docs/metrics.md).
+  evaluate.fid_stats_split = "train"
+  evaluate.fid_stats_num_images = 0  # 0 takes the whole split
+  evaluate.fid_stats_path = placeholder(str)  # None: <workdir>/fid_stats/digits_train_16.npz
+  evaluate.inception_batch_size = 50
+  evaluate.enable_precision_recall = False
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "digits"

@@ -13,7 +13,8 @@ from score_sde.metrics.convert_inception import (INCEPTION_WEIGHTS_ENV, INCEPTIO
                                                  INCEPTION_WEIGHTS_SHA256, INCEPTION_WEIGHTS_URL,
                                                  InceptionWeights, convert_state_dict, load_inception_weights)
 from score_sde.metrics.evaluate import MetricResult, evaluate_inception_metrics, metrics_from_inception_features
-from score_sde.metrics.features import InceptionFeatures, compute_dataset_stats, features_from_images
+from score_sde.metrics.features import (InceptionFeatures, compute_dataset_stats, compute_dataset_stats_and_pool3,
+                                        features_from_images)
 from score_sde.metrics.fid import FeatureStats, StreamingStats, fid_from_stats, frechet_distance, stats_from_features
 from score_sde.metrics.inception import InceptionV3FID
 from score_sde.metrics.kid import KIDEstimate, kernel_inception_distance

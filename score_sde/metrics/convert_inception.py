@@ -143,6 +143,7 @@ def load_inception_weights(path: str | None = None,
     raise ValueError(
         f"SHA-256 mismatch for {path}: got {sha256}, expected {expected_sha256} "
         f"('{INCEPTION_WEIGHTS_FILENAME}' from {INCEPTION_WEIGHTS_URL}). The file is corrupt, truncated "
-        "or a different network; FID numbers computed with it would not be comparable.")
+        "or a different network; FID numbers computed with it would not be comparable. Point "
+        f"{INCEPTION_WEIGHTS_FLAG} or ${INCEPTION_WEIGHTS_ENV} at the published file.")
   variables = convert_state_dict(torch_pickle.load_torch_state_dict(path))
   return InceptionWeights(variables=jax.tree.map(jax.numpy.asarray, variables), sha256=sha256, source=path)

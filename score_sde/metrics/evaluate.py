@@ -39,8 +39,11 @@ def evaluate_inception_metrics(sample_images, weights: InceptionWeights, referen
 def metrics_from_inception_features(feats: features_lib.InceptionFeatures, weights_sha256: str,
                                     reference_stats: fid.FeatureStats, reference_pool3: np.ndarray | None = None,
                                     seed: int | None = None, is_splits: int = 10, kid_subsets: int = 100,
-                                    kid_subset_size: int = 1000, pr_k: int = 3) -> dict[str, MetricResult]:
-  """FID and IS of sample features; KID and precision/recall too when reference pool_3 features are given."""
+                                    kid_subset_size: int = 1000, pr_k: int | None = 3) -> dict[str, MetricResult]:
+  """FID and IS of sample features; KID and precision/recall too when reference pool_3 features are given.
+
+  `pr_k` is the k of the precision/recall k-NN manifolds; None skips them (they cost O(N M) distances).
+  """
   sample_stats = fid.stats_from_features(
       feats.pool_3, feature_space=features_lib.FEATURE_SPACE, resize_mode=inception.RESIZE_MODE,
       weights_sha256=weights_sha256)
@@ -57,7 +60,8 @@ def metrics_from_inception_features(feats: features_lib.InceptionFeatures, weigh
     estimate = kid.kernel_inception_distance(feats.pool_3, ref, kid_subsets, kid_subset_size,
                                              seed=0 if seed is None else seed)
     results["kid"] = MetricResult("kid", estimate.mean, estimate.std_error, num_reference=ref.shape[0], **common)
-    pr = precision_recall.precision_recall(ref, feats.pool_3, k=pr_k)
-    results["precision"] = MetricResult("precision", pr.precision, None, num_reference=ref.shape[0], **common)
-    results["recall"] = MetricResult("recall", pr.recall, None, num_reference=ref.shape[0], **common)
+    if pr_k is not None:
+      pr = precision_recall.precision_recall(ref, feats.pool_3, k=pr_k)
+      results["precision"] = MetricResult("precision", pr.precision, None, num_reference=ref.shape[0], **common)
+      results["recall"] = MetricResult("recall", pr.recall, None, num_reference=ref.shape[0], **common)
   return results

@@ -83,10 +83,28 @@ def stats_provenance(weights: InceptionWeights) -> dict:
   return dict(feature_space=FEATURE_SPACE, resize_mode=inception.RESIZE_MODE, weights_sha256=weights.sha256)
 
 
+def _dataset_stats(images, weights: InceptionWeights, batch_size: int,
+                   keep_pool3: bool) -> tuple[fid.FeatureStats, np.ndarray | None]:
+  accumulator = fid.StreamingStats()
+  kept = []
+  for out in _inception_batches(images, weights, batch_size):
+    accumulator.update(out["pool_3"])
+    if keep_pool3:
+      kept.append(out["pool_3"].astype(np.float32))
+  stats = accumulator.finalize(**stats_provenance(weights))
+  return stats, (np.concatenate(kept) if keep_pool3 else None)
+
+
 def compute_dataset_stats(images: np.ndarray | Iterable[np.ndarray], weights: InceptionWeights,
                           batch_size: int = 50) -> fid.FeatureStats:
   """FID reference statistics (mu, sigma, num_images) of a dataset, streamed batch by batch."""
-  accumulator = fid.StreamingStats()
-  for out in _inception_batches(images, weights, batch_size):
-    accumulator.update(out["pool_3"])
-  return accumulator.finalize(**stats_provenance(weights))
+  return _dataset_stats(images, weights, batch_size, keep_pool3=False)[0]
+
+
+def compute_dataset_stats_and_pool3(images: np.ndarray | Iterable[np.ndarray], weights: InceptionWeights,
+                                    batch_size: int = 50) -> tuple[fid.FeatureStats, np.ndarray]:
+  """`compute_dataset_stats` (identical numbers) plus the pool_3 features themselves, float32 [N, 2048].
+
+  KID and precision/recall compare feature sets, not Gaussian fits, so they need these; 8 KiB per image.
+  """
+  return _dataset_stats(images, weights, batch_size, keep_pool3=True)
