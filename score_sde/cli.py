@@ -13,7 +13,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "likelihood", "fid_stats")
+MODES = ("train", "eval", "sample", "likelihood", "fid_stats", "inpaint", "colorize")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -24,11 +24,17 @@ flags.DEFINE_enum("mode", "train", MODES,
                   "train: train or resume; eval: evaluate snapshots as they appear (loss, bits/dim, "
                   "samples; FID/KID/IS with --inception_weights); sample: write samples of the newest "
                   "checkpoint; likelihood: bits/dim of the newest checkpoint on the test split; "
-                  "fid_stats: Inception reference statistics of the config's dataset.")
+                  "fid_stats: Inception reference statistics of the config's dataset; inpaint: fill "
+                  "the --mask region of the images under --input; colorize: colour the gray "
+                  "versions of the images under --input.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "
                     "--mode fid_stats; defaults to $SCORE_SDE_INCEPTION_WEIGHTS. Never downloaded.")
+flags.DEFINE_string("input", None, "Folder of PNG/JPEG images for --mode inpaint / colorize.")
+flags.DEFINE_string("mask", "center",
+                    "--mode inpaint: the region to generate, one of center/left/right/top/bottom, or "
+                    "a mask image (white keeps the input pixel, black generates it).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0 for multi-host runs (jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
@@ -56,6 +62,13 @@ def _run(argv):
     run_lib.likelihood(config, workdir)
   elif FLAGS.mode == "fid_stats":
     run_lib.fid_stats(config, workdir, FLAGS.inception_weights)
+  elif FLAGS.mode in ("inpaint", "colorize"):
+    if not FLAGS.input:
+      raise app.UsageError(f"--mode {FLAGS.mode} needs --input, a folder of images.")
+    if FLAGS.mode == "inpaint":
+      run_lib.inpaint(config, workdir, FLAGS.input, FLAGS.mask)
+    else:
+      run_lib.colorize(config, workdir, FLAGS.input)
 
 
 def main(argv=None):

@@ -51,14 +51,18 @@ def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
   return (batch_size, d.image_size, d.image_size, d.num_channels)
 
 
+def pc_options(config) -> dict:
+  """Keyword options of ``sampling.sample_pc`` from ``config.sampling`` (reference field names)."""
+  s = config.sampling
+  return dict(predictor=s.predictor, corrector=s.corrector, snr=s.snr, n_steps=s.n_steps_each,
+              probability_flow=s.probability_flow, denoise=s.noise_removal,
+              eps=sampling_eps(config))
+
+
 def _pc_sampler(config, sde, score_fn, shape, key):
   from score_sde import sampling
 
-  s = config.sampling
-  return sampling.sample_pc(key, score_fn, sde, shape, predictor=s.predictor, corrector=s.corrector,
-                            snr=s.snr, n_steps=s.n_steps_each,
-                            probability_flow=s.probability_flow, denoise=s.noise_removal,
-                            eps=sampling_eps(config))
+  return sampling.sample_pc(key, score_fn, sde, shape, **pc_options(config))
 
 
 def _ode_sampler(config, sde, score_fn, shape, key):

@@ -71,7 +71,8 @@ def get_data_inverse_scaler(config) -> Callable[[Any], Any]:
 # Crop and resize (Pillow resampling filters are antialiased when downscaling, like
 # `tf.image.resize(..., antialias=True)` in the reference).
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST}
 
 
 def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
