@@ -105,7 +105,7 @@ def main():
   ]
   score_eval = lambda: eval_fn(params, x, t)
   for name, run in runs:
-    nfe = int(run(jax.random.PRNGKey(0))[1])
+    nfe = int(run(jax.random.PRNGKey(0))[1]["nfe"])
     wall, ratio = overhead(lambda: run(jax.random.PRNGKey(2))[0], nfe, score_eval, args.repeats)
     print(f"| {name} | {nfe} | {wall:.3f} | {ratio:.3f} |")
 

@@ -75,7 +75,7 @@ def mmd(x, y, bandwidths=(0.1, 0.3, 1.0)) -> jax.Array:
   return jnp.sqrt(jnp.maximum(mmd2, 0.0))
 
 
-# Each entry: (nfe budget) -> (callable(key, score_fn, sde, shape) -> (x, info-or-nfe)) or None if the
+# Each entry: (nfe budget) -> (callable(key, score_fn, sde, shape) -> (x, info)) or None if the
 # budget does not fit. The VP SDE's N sets the PC step count.
 def _pc(predictor, corrector, per_step):
   def make(nfe):
@@ -119,8 +119,7 @@ ADAPTIVE_RELTOLS = (0.1, 0.05, 0.02, 0.01)
 
 
 def _nfe_of(info) -> float:
-  nfe = info["nfe"] if isinstance(info, dict) else info
-  return float(np.mean(np.asarray(nfe)))
+  return float(np.mean(np.asarray(info["nfe"])))
 
 
 def evaluate(target, sampler, sde, n, seeds):

@@ -18,14 +18,14 @@ from score_sde import sde as sde_lib  # noqa: E402
 
 
 def panels(n: int, steps: int):
-  """(title, samples [n, 2], nfe) for the true distribution and each sampler."""
+  """(title, samples [n, 2], info) for the true distribution (info None) and each sampler."""
   mix = toy.ring()
   ve = sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=steps)
   vp = sde_lib.VPSDE(N=steps)
   subvp = sde_lib.SubVPSDE(N=steps)
   key = jax.random.PRNGKey(0)
   shape = (n, 2)
-  yield "data", mix.sample(key, n), 0
+  yield "data", mix.sample(key, n), None
   yield "PC VE: reverse diffusion + Langevin", *sampling.sample_pc(key, mix.score_fn(ve), ve, shape, eps=1e-5)
   yield "PC VP: Euler-Maruyama", *sampling.sample_pc(
       key, mix.score_fn(vp), vp, shape, predictor="euler_maruyama", corrector="none")
@@ -46,9 +46,9 @@ def main():
   parser.add_argument("--steps", type=int, default=300, help="N of the SDEs")
   args = parser.parse_args()
   fig, axes = plt.subplots(2, 4, figsize=(12, 6.3), sharex=True, sharey=True)
-  for ax, (title, x, nfe) in zip(axes.ravel(), panels(args.n, args.steps)):
+  for ax, (title, x, info) in zip(axes.ravel(), panels(args.n, args.steps)):
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="k" if title == "data" else "C0")
-    ax.set_title(title + (f"\nNFE {int(nfe)}" if nfe else "\n"), fontsize=8.5)
+    ax.set_title(title + (f"\nNFE {int(info['nfe'])}" if info else "\n"), fontsize=8.5)
     ax.set_xlim(-6, 6)
     ax.set_ylim(-6, 6)
     ax.set_aspect("equal")

@@ -84,13 +84,13 @@ def _check_mask(mask, data_shape) -> Array:
 
 
 def inpaint(key: Array, score_fn: ScoreFn, sde: SDE, data: Array, mask: Array,
-            **pc_options) -> tuple[Array, int]:
+            **pc_options) -> tuple[Array, dict]:
   """Fills the coordinates where ``mask == 0`` given ``data`` where ``mask == 1`` (Appendix I.2).
 
   ``data`` [B, ...] is in the model's (scaled) data space; ``mask`` broadcasts to it.
   ``pc_options`` are those of ``sampling.sample_pc`` (predictor, corrector, snr, n_steps, ...).
   The observed coordinates of the result equal ``data`` when ``denoise`` (the default).
-  Returns (x [B, ...], nfe).
+  Returns (x [B, ...], info) as ``sample_pc``.
   """
   data = jnp.asarray(data)
   mask = _check_mask(mask, data.shape).astype(data.dtype)
@@ -104,12 +104,12 @@ def to_gray(images: Array) -> Array:
   return jnp.mean(images, axis=-1, keepdims=True)
 
 
-def colorize(key: Array, score_fn: ScoreFn, sde: SDE, gray: Array, **pc_options) -> tuple[Array, int]:
+def colorize(key: Array, score_fn: ScoreFn, sde: SDE, gray: Array, **pc_options) -> tuple[Array, dict]:
   """Colour images [B, H, W, 3] whose channel mean is ``gray`` [B, H, W, 1] (Appendix I.3).
 
   Inpainting in the basis ``COLOR_BASIS``, where the gray coordinate sqrt(3) gray is observed and
   the two colour coordinates are generated. ``gray`` is in the model's data space (for centred
-  data, the mean of the centred channels). Returns (x, nfe).
+  data, the mean of the centred channels). Returns (x, info) as ``sample_pc``.
   """
   gray = jnp.asarray(gray)
   if gray.ndim != 4 or gray.shape[-1] != 1:

@@ -61,9 +61,9 @@ def interpolate(model: edm.Model, sde: SDE, x_a: Array, x_b: Array, num_points: 
     raise ValueError(f"num_points must be >= 2; got {num_points}.")
   kw = dict(rtol=rtol, atol=atol, eps=eps)
   score_fn = edm.as_score_fn(model, sde)
-  z, nfe_encode = sampling.encode(score_fn, sde, jnp.concatenate([x_a, x_b]), **kw)
+  z, encode_info = sampling.encode(score_fn, sde, jnp.concatenate([x_a, x_b]), **kw)
   z_a, z_b = z[: x_a.shape[0]], z[x_a.shape[0]:]
   alpha = jnp.linspace(0.0, 1.0, num_points, dtype=z.dtype)
   z_path = INTERPOLANTS[method](z_a, z_b, alpha)  # [K, B, ...]
-  x_path, nfe_decode = sampling.decode(score_fn, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
-  return x_path.reshape(z_path.shape), {"z": z_path, "alpha": alpha, "nfe": nfe_encode + nfe_decode}
+  x_path, decode_info = sampling.decode(score_fn, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
+  return x_path.reshape(z_path.shape), {"z": z_path, "alpha": alpha, "nfe": encode_info["nfe"] + decode_info["nfe"]}

@@ -1,6 +1,7 @@
 """Samplers of "Score-Based Generative Modeling through SDEs" (Song et al., ICLR 2021).
 
-All samplers share the form ``sample(key, score_fn, sde, shape, **hparams) -> (x, nfe)``:
+All samplers share the form ``sample(key, score_fn, sde, shape, **hparams) -> (x, info)``, with
+``info['nfe']`` the number of (batched) score evaluations:
   sample_pc   predictor-corrector sampling (Algorithm 1), predictors in ``predictors.py`` and
               correctors in ``correctors.py``;
   sample_ald  annealed Langevin dynamics of NCSN (Song & Ermon 2019, Algorithm 1);
@@ -116,11 +117,11 @@ def _check_shape(shape) -> tuple[int, ...]:
 def sample_pc(key: Array, score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *,
               predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
               n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-              eps: float = 1e-3, constraint: Constraint | None = None) -> tuple[Array, int]:
+              eps: float = 1e-3, constraint: Constraint | None = None) -> tuple[Array, dict]:
   """Predictor-corrector sampler (Algorithm 1): at each t of linspace(T, eps, N), corrector then predictor.
 
-  Returns x [shape] (the noise-free mean of the last step when ``denoise``) and the number of
-  score evaluations, N (predictor) + N n_steps (corrector).
+  Returns x [shape] (the noise-free mean of the last step when ``denoise``) and info with 'nfe',
+  the number of score evaluations, N (predictor) + N n_steps (corrector).
 
   ``constraint(keys [B], x, x_mean, t [B]) -> (x, x_mean)``, when given, is applied to the prior
   draw and after every corrector and predictor update, with t the time the state has reached
@@ -142,7 +143,7 @@ def sample_pc(key: Array, score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *,
                  predictor=predictor, corrector=corrector, n_steps=n_steps,
                  probability_flow=probability_flow, denoise=denoise)
   nfe = sde.N * ((predictor_fn is not None) + (corrector_fn is not None) * n_steps)
-  return x, nfe
+  return x, {"nfe": nfe}
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "predictor", "corrector", "n_steps",
@@ -182,13 +183,13 @@ def _sample_pc(key, score_fn, sde, snr, eps, constraint, *, shape, predictor, co
 # --- annealed Langevin dynamics (NCSN) --------------------------------------------------------
 
 def sample_ald(key: Array, score_fn: ScoreFn, sde: VESDE, shape: Sequence[int], *, step_lr: float,
-               n_steps_each: int, denoise: bool = True) -> tuple[Array, int]:
+               n_steps_each: int, denoise: bool = True) -> tuple[Array, dict]:
   """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over the N levels of a VE SDE.
 
   For sigma_i from sigma_max down to sigma_min, ``n_steps_each`` steps of
   x <- x + a_i / 2 s(x, sigma_i) + sqrt(a_i) z with a_i = step_lr sigma_i^2 / sigma_min^2.
   The score at level sigma_i is ``score_fn(x, t_i)`` with sigma(t_i) = sigma_i, t_i = i / (N - 1).
-  x starts from the prior N(0, sigma_max^2 I). ``denoise`` adds the Tweedie step
+  x starts from the prior N(0, sigma_max^2 I). info['nfe'] = N n_steps_each (+ 1 when denoising). ``denoise`` adds the Tweedie step
   x + sigma_min^2 s(x, sigma_min) (one more score evaluation), as NCSNv2 does.
   """
   shape = _check_shape(shape)
@@ -199,7 +200,7 @@ def sample_ald(key: Array, score_fn: ScoreFn, sde: VESDE, shape: Sequence[int], 
     raise ValueError(f"n_steps_each must be >= 1; got {n_steps_each}.")
   x = _sample_ald(key, as_traceable(score_fn), sde, step_lr, shape=shape,
                   n_steps_each=n_steps_each, denoise=denoise)
-  return x, sde.N * n_steps_each + int(denoise)
+  return x, {"nfe": sde.N * n_steps_each + int(denoise)}
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "n_steps_each", "denoise"))
@@ -298,33 +299,36 @@ def _solve_pf_ode(score_fn, sde, x, t0, t1, rtol, atol, *, method):
 
 
 def encode(score_fn: ScoreFn, sde: SDE, x: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
-           method: str = "tsit5", eps: float = 1e-3) -> tuple[Array, Array]:
+           method: str = "tsit5", eps: float = 1e-3) -> tuple[Array, dict]:
   """Maps data x [B, ...] (at time eps) to latents z = x(T) along the probability-flow ODE.
 
-  Returns (z, nfe). Step-size control is per sample (vmap): z_b depends on x_b alone.
+  Returns (z, {'nfe'}). Step-size control is per sample (vmap): z_b depends on x_b alone.
   """
-  return _solve_pf_ode(as_traceable(score_fn), sde, x, eps, sde.T, rtol, atol, method=method)
+  z, nfe = _solve_pf_ode(as_traceable(score_fn), sde, x, eps, sde.T, rtol, atol, method=method)
+  return z, {"nfe": nfe}
 
 
 def decode(score_fn: ScoreFn, sde: SDE, z: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
-           method: str = "tsit5", eps: float = 1e-3) -> tuple[Array, Array]:
+           method: str = "tsit5", eps: float = 1e-3) -> tuple[Array, dict]:
   """Maps latents z [B, ...] (at time T) back to data x(eps); the inverse of ``encode``."""
-  return _solve_pf_ode(as_traceable(score_fn), sde, z, sde.T, eps, rtol, atol, method=method)
+  x, nfe = _solve_pf_ode(as_traceable(score_fn), sde, z, sde.T, eps, rtol, atol, method=method)
+  return x, {"nfe": nfe}
 
 
 def sample_ode(key: Array, score_fn: ScoreFn, sde: SDE, shape: Sequence[int], *, rtol: float = 1e-5,
                atol: float = 1e-5, method: str = "tsit5", denoise: bool = True,
-               eps: float = 1e-3) -> tuple[Array, Array]:
+               eps: float = 1e-3) -> tuple[Array, dict]:
   """Probability-flow ODE sampler: z ~ prior, x = decode(z), then optionally one reverse-diffusion step.
 
   Solved on device by diffrax with per-sample adaptive step control (vmap over the batch).
-  Returns (x, nfe); nfe counts batched score evaluations: the largest per-sample count of the
+  Returns (x, {'nfe'}); nfe counts batched score evaluations: the largest per-sample count of the
   adaptive solve (see ``solver_nfe``), plus one for the denoising step.
   """
   shape = _check_shape(shape)
   get_solver(method)
-  return _sample_ode(key, as_traceable(score_fn), sde, rtol, atol, eps, shape=shape, method=method,
-                     denoise=denoise)
+  x, nfe = _sample_ode(key, as_traceable(score_fn), sde, rtol, atol, eps, shape=shape,
+                       method=method, denoise=denoise)
+  return x, {"nfe": nfe}
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "method", "denoise"))

@@ -36,9 +36,9 @@ def _inpaint_gaussian(corrector, n=4000):
   sde = sde_lib.VPSDE(**VP)
   gauss = toy.gaussian(jnp.asarray(MEAN), jnp.asarray(COV))
   data = jnp.tile(jnp.asarray([[Y, 0.0]]), (n, 1))  # x_1 of the data is ignored
-  x, nfe = controllable.inpaint(jax.random.PRNGKey(0), gauss.score_fn(sde), sde, data,
+  x, info = controllable.inpaint(jax.random.PRNGKey(0), gauss.score_fn(sde), sde, data,
                                 jnp.asarray([1.0, 0.0]), corrector=corrector)
-  return sde, np.asarray(x), nfe
+  return sde, np.asarray(x), info["nfe"]
 
 
 def test_inpaint_predictor_only_follows_the_replacement_limit_not_the_conditional(x64):

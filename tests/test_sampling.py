@@ -58,9 +58,9 @@ def test_sample_ald_matches_mixture():
   # a_i / sigma_i^2 = step_lr / sigma_min^2 = 0.2: each step moves ~0.45 of the current noise
   # scale; 5 steps per level let the chain track p_sigma as sigma shrinks by 3.5% per level (with
   # step_lr 1e-5 and 3 steps the lag leaves the variance 6 SE too large).
-  x, nfe = sampling.sample_ald(jax.random.PRNGKey(0), sampler_checks.isotropic_score_fn(VE), VE,
+  x, info = sampling.sample_ald(jax.random.PRNGKey(0), sampler_checks.isotropic_score_fn(VE), VE,
                                (sampler_checks.N_SAMPLES, 2), step_lr=2e-5, n_steps_each=5)
-  assert nfe == VE.N * 5 + 1
+  assert info["nfe"] == VE.N * 5 + 1
   sampler_checks.assert_matches_mixture(x)
 
 

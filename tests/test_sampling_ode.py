@@ -17,10 +17,10 @@ ALL_SDES = [
 
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_sample_ode_matches_mixture(sde):
-  x, nfe = sampling.sample_ode(jax.random.PRNGKey(0), sampler_checks.isotropic_score_fn(sde), sde,
+  x, info = sampling.sample_ode(jax.random.PRNGKey(0), sampler_checks.isotropic_score_fn(sde), sde,
                                (sampler_checks.N_SAMPLES, 2), rtol=1e-4, atol=1e-4,
                                eps=sampler_checks.eps_for(sde))
-  assert 20 < int(nfe) < 1000
+  assert 20 < int(info["nfe"]) < 1000
   sampler_checks.assert_matches_mixture(x)
 
 
