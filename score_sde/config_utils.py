@@ -78,7 +78,7 @@ SAMPLING_METHODS = {"pc": _pc_sampler, "ode": _ode_sampler}
 
 
 def get_sampler(config, sde, model_fn, shape):
-  """``sample(key, params) -> (x [shape], nfe)`` for ``config.sampling.method``, jitted once."""
+  """``sample(key, params) -> (x [shape], info)`` for ``config.sampling.method``, jitted once."""
   import jax
 
   from score_sde import sde as sde_module

@@ -48,7 +48,7 @@ class Experiment:
     self._samplers = {}
 
   def sampler(self, batch_size: int):
-    """The configured sampler for ``batch_size`` images, ``(key, params) -> (x, nfe)``, built once."""
+    """The configured sampler for ``batch_size`` images, ``(key, params) -> (x, info)``, built once."""
     if batch_size not in self._samplers:
       shape = config_utils.image_shape(self.config, batch_size)
       self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde, self.model_fn,
