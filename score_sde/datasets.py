@@ -54,17 +54,17 @@ DATASETS = (*_TFDS_DATASETS, "digits", "folder")
 
 
 def get_data_scaler(config) -> Callable[[Any], Any]:
-    """Maps images in [0, 1] to model space: [-1, 1] when `config.data.centered`, else unchanged."""
-    if config.data.centered:
-        return lambda x: x * 2.0 - 1.0
-    return lambda x: x
+  """Maps images in [0, 1] to model space: [-1, 1] when `config.data.centered`, else unchanged."""
+  if config.data.centered:
+    return lambda x: x * 2.0 - 1.0
+  return lambda x: x
 
 
 def get_data_inverse_scaler(config) -> Callable[[Any], Any]:
-    """Inverse of `get_data_scaler`: maps model space back to [0, 1]."""
-    if config.data.centered:
-        return lambda x: (x + 1.0) / 2.0
-    return lambda x: x
+  """Inverse of `get_data_scaler`: maps model space back to [0, 1]."""
+  if config.data.centered:
+    return lambda x: (x + 1.0) / 2.0
+  return lambda x: x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,53 +76,53 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 
 
 def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
-    """Resizes a float image [H, W, C] to [height, width, C], channel by channel in float32."""
-    if image.shape[:2] == (height, width):
-        return image.astype(np.float32, copy=False)
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
-            (width, height), resample=_RESAMPLE[method]))
-        for c in range(image.shape[-1])
-    ]
-    return np.stack(channels, axis=-1)  # [height, width, C]
+  """Resizes a float image [H, W, C] to [height, width, C], channel by channel in float32."""
+  if image.shape[:2] == (height, width):
+    return image.astype(np.float32, copy=False)
+  channels = [
+      np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+          (width, height), resample=_RESAMPLE[method]))
+      for c in range(image.shape[-1])
+  ]
+  return np.stack(channels, axis=-1)  # [height, width, C]
 
 
 def central_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size window of an image [H, W, C]."""
-    height, width = image.shape[:2]
-    if size > min(height, width):
-        raise ValueError(f"Cannot crop {size}x{size} from an image of size {height}x{width}.")
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[top:top + size, left:left + size]
+  """The central size x size window of an image [H, W, C]."""
+  height, width = image.shape[:2]
+  if size > min(height, width):
+    raise ValueError(f"Cannot crop {size}x{size} from an image of size {height}x{width}.")
+  top, left = (height - size) // 2, (width - size) // 2
+  return image[top:top + size, left:left + size]
 
 
 def resize_small(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Bilinear resize so that the shorter side becomes `resolution`, keeping the aspect ratio."""
-    height, width = image.shape[:2]
-    ratio = resolution / min(height, width)
-    return resize(image, int(round(height * ratio)), int(round(width * ratio)))
+  """Bilinear resize so that the shorter side becomes `resolution`, keeping the aspect ratio."""
+  height, width = image.shape[:2]
+  ratio = resolution / min(height, width)
+  return resize(image, int(round(height * ratio)), int(round(width * ratio)))
 
 
 def crop_resize(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Central square crop of the shorter side, bicubic resize, then rounding to the 8-bit grid.
+  """Central square crop of the shorter side, bicubic resize, then rounding to the 8-bit grid.
 
-    The reference does the same for LSUN but truncates to uint8; rounding avoids its -0.5/255
-    bias. Staying on the 8-bit grid keeps uniform dequantization exact.
-    """
-    image = central_crop(image, min(image.shape[:2]))
-    image = resize(image, resolution, resolution, method="bicubic")
-    return np.clip(np.round(image * 255.0), 0.0, 255.0).astype(np.float32) / 255.0
+  The reference does the same for LSUN but truncates to uint8; rounding avoids its -0.5/255
+  bias. Staying on the 8-bit grid keeps uniform dequantization exact.
+  """
+  image = central_crop(image, min(image.shape[:2]))
+  image = resize(image, resolution, resolution, method="bicubic")
+  return np.clip(np.round(image * 255.0), 0.0, 255.0).astype(np.float32) / 255.0
 
 
 def _resize_op(dataset: str, image_size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The reference's per-dataset `resize_op`, on float images [H, W, C] in [0, 1]."""
-    if dataset in ("CIFAR10", "SVHN"):
-        return lambda x: resize(x, image_size, image_size)
-    if dataset == "CELEBA":
-        return lambda x: resize_small(central_crop(x, 140), image_size)
-    if dataset == "LSUN" and image_size == 128:
-        return lambda x: central_crop(resize_small(x, image_size), image_size)
-    return lambda x: crop_resize(x, image_size)
+  """The reference's per-dataset `resize_op`, on float images [H, W, C] in [0, 1]."""
+  if dataset in ("CIFAR10", "SVHN"):
+    return lambda x: resize(x, image_size, image_size)
+  if dataset == "CELEBA":
+    return lambda x: resize_small(central_crop(x, 140), image_size)
+  if dataset == "LSUN" and image_size == 128:
+    return lambda x: central_crop(resize_small(x, image_size), image_size)
+  return lambda x: crop_resize(x, image_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,102 +131,102 @@ def _resize_op(dataset: str, image_size: int) -> Callable[[np.ndarray], np.ndarr
 
 @functools.lru_cache(maxsize=4)
 def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 digits resized to image_size (uint8 [N, S, S, 1]) and their labels (int32 [N])."""
-    from sklearn.datasets import load_digits  # ships its data; no download
+  """All 1797 digits resized to image_size (uint8 [N, S, S, 1]) and their labels (int32 [N])."""
+  from sklearn.datasets import load_digits  # ships its data; no download
 
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0  # [N, 8, 8], grey levels 0..16
-    resized = np.stack([resize(x[..., None], image_size, image_size, "bicubic") for x in images])
-    images_u8 = np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)  # [N, S, S, 1]
-    return images_u8, digits.target.astype(np.int32)
+  digits = load_digits()
+  images = digits.images.astype(np.float32) / 16.0  # [N, 8, 8], grey levels 0..16
+  resized = np.stack([resize(x[..., None], image_size, image_size, "bicubic") for x in images])
+  images_u8 = np.clip(np.round(resized * 255.0), 0, 255).astype(np.uint8)  # [N, S, S, 1]
+  return images_u8, digits.target.astype(np.int32)
 
 
 def digits_split(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train (1500) / test (297) split of the digits: uint8 images and labels."""
-    images, labels = _digits_arrays(image_size)
-    order = np.random.default_rng(0).permutation(len(images))
-    chosen = order[:-DIGITS_NUM_TEST] if split == "train" else order[-DIGITS_NUM_TEST:]
-    return images[chosen], labels[chosen]
+  """Deterministic train (1500) / test (297) split of the digits: uint8 images and labels."""
+  images, labels = _digits_arrays(image_size)
+  order = np.random.default_rng(0).permutation(len(images))
+  chosen = order[:-DIGITS_NUM_TEST] if split == "train" else order[-DIGITS_NUM_TEST:]
+  return images[chosen], labels[chosen]
 
 
 def array_source(images: np.ndarray, labels: np.ndarray | None = None) -> tuple[int, LoadFn]:
-    """A source over in-memory uint8 images [N, H, W, C] and optional labels [N]."""
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"Expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}.")
+  """A source over in-memory uint8 images [N, H, W, C] and optional labels [N]."""
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise ValueError(f"Expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}.")
 
-    def load(index: int) -> tuple[np.ndarray, int]:
-        label = NO_LABEL if labels is None else int(labels[index])
-        return images[index].astype(np.float32) / 255.0, label
+  def load(index: int) -> tuple[np.ndarray, int]:
+    label = NO_LABEL if labels is None else int(labels[index])
+    return images[index].astype(np.float32) / 255.0, label
 
-    return len(images), load
+  return len(images), load
 
 
 def list_image_files(path: str) -> list[str]:
-    """All PNG/JPEG files under `path`, recursively, in sorted (deterministic) order."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"config.data.path={path!r} is not a directory; point it at a folder of PNG/JPEG images.")
-    files = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(path, followlinks=True)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"No {'/'.join(IMAGE_EXTENSIONS)} files found under {path!r}.")
-    return files
+  """All PNG/JPEG files under `path`, recursively, in sorted (deterministic) order."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"config.data.path={path!r} is not a directory; point it at a folder of PNG/JPEG images.")
+  files = sorted(
+      os.path.join(root, name)
+      for root, _, names in os.walk(path, followlinks=True)
+      for name in names
+      if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise FileNotFoundError(f"No {'/'.join(IMAGE_EXTENSIONS)} files found under {path!r}.")
+  return files
 
 
 def read_image(path: str, num_channels: int) -> np.ndarray:
-    """Decodes an image file to float32 [H, W, num_channels] in [0, 1]; names the file on failure."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if num_channels == 1 else "RGB")
-            array = np.asarray(image, dtype=np.uint8)
-    except Exception as error:  # Pillow raises several types for truncated or invalid files
-        raise ValueError(f"Corrupt or unreadable image file {path!r}: {error}") from error
-    return array.reshape(*array.shape[:2], num_channels).astype(np.float32) / 255.0
+  """Decodes an image file to float32 [H, W, num_channels] in [0, 1]; names the file on failure."""
+  try:
+    with Image.open(path) as image:
+      image = image.convert("L" if num_channels == 1 else "RGB")
+      array = np.asarray(image, dtype=np.uint8)
+  except Exception as error:  # Pillow raises several types for truncated or invalid files
+    raise ValueError(f"Corrupt or unreadable image file {path!r}: {error}") from error
+  return array.reshape(*array.shape[:2], num_channels).astype(np.float32) / 255.0
 
 
 def folder_source(path: str, image_size: int, num_channels: int) -> tuple[int, LoadFn]:
-    """A source over the image files under `path`, centrally cropped and resized like LSUN."""
-    files = list_image_files(path)
+  """A source over the image files under `path`, centrally cropped and resized like LSUN."""
+  files = list_image_files(path)
 
-    def load(index: int) -> tuple[np.ndarray, int]:
-        return crop_resize(read_image(files[index], num_channels), image_size), NO_LABEL
+  def load(index: int) -> tuple[np.ndarray, int]:
+    return crop_resize(read_image(files[index], num_channels), image_size), NO_LABEL
 
-    return len(files), load
+  return len(files), load
 
 
 def tfds_source(name: str, split: str, data_dir: str | None,
                 resize_op: Callable[[np.ndarray], np.ndarray], num_channels: int
                 ) -> tuple[int, LoadFn]:
-    """A random-access source over a tfds dataset prepared in array_record format."""
-    import tensorflow_datasets as tfds
+  """A random-access source over a tfds dataset prepared in array_record format."""
+  import tensorflow_datasets as tfds
 
-    try:
-        data = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as error:
-        raise RuntimeError(
-            f"Cannot open tfds dataset {name!r} (split {split!r}, data_dir {data_dir!r}) for "
-            f"random access: {error}\nPrepare it once in array_record format, e.g. "
-            f"`tfds build {name} --file_format=array_record --data_dir=DIR`, and set "
-            f"config.data.data_dir=DIR.") from error
+  try:
+    data = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as error:
+    raise RuntimeError(
+        f"Cannot open tfds dataset {name!r} (split {split!r}, data_dir {data_dir!r}) for "
+        f"random access: {error}\nPrepare it once in array_record format, e.g. "
+        f"`tfds build {name} --file_format=array_record --data_dir=DIR`, and set "
+        f"config.data.data_dir=DIR.") from error
 
-    def load(index: int) -> tuple[np.ndarray, int]:
-        example = data[index]
-        if "image" not in example:
-            raise ValueError(f"tfds dataset {name!r} has no 'image' feature: {sorted(example)}.")
-        image = np.asarray(example["image"])
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.shape[-1] != num_channels:
-            raise ValueError(
-                f"tfds dataset {name!r} has {image.shape[-1]}-channel images but "
-                f"config.data.num_channels={num_channels}; set it to {image.shape[-1]}.")
-        label = int(example["label"]) if "label" in example else NO_LABEL
-        return resize_op(image.astype(np.float32) / 255.0), label
+  def load(index: int) -> tuple[np.ndarray, int]:
+    example = data[index]
+    if "image" not in example:
+      raise ValueError(f"tfds dataset {name!r} has no 'image' feature: {sorted(example)}.")
+    image = np.asarray(example["image"])
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.shape[-1] != num_channels:
+      raise ValueError(
+          f"tfds dataset {name!r} has {image.shape[-1]}-channel images but "
+          f"config.data.num_channels={num_channels}; set it to {image.shape[-1]}.")
+    label = int(example["label"]) if "label" in example else NO_LABEL
+    return resize_op(image.astype(np.float32) / 255.0), label
 
-    return len(data), load
+  return len(data), load
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,47 +235,47 @@ def tfds_source(name: str, split: str, data_dir: str | None,
 
 def batch_positions(step: int, global_batch_size: int, process_index: int,
                     process_count: int) -> np.ndarray:
-    """Stream positions of this process's slice of global batch `step` (int64 [B_local])."""
-    local = global_batch_size // process_count
-    start = step * global_batch_size + process_index * local
-    return np.arange(start, start + local, dtype=np.int64)
+  """Stream positions of this process's slice of global batch `step` (int64 [B_local])."""
+  local = global_batch_size // process_count
+  start = step * global_batch_size + process_index * local
+  return np.arange(start, start + local, dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=4)
 def _epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    if not shuffle:
-        return np.arange(num_examples)
-    return np.random.default_rng((seed, 1, epoch)).permutation(num_examples)
+  if not shuffle:
+    return np.arange(num_examples)
+  return np.random.default_rng((seed, 1, epoch)).permutation(num_examples)
 
 
 def example_indices(positions: np.ndarray, num_examples: int, seed: int,
                     shuffle: bool) -> np.ndarray:
-    """Example index at each stream position: epoch e = position // N is a permutation from (seed, e)."""
-    epochs, offsets = np.divmod(positions, num_examples)
-    indices = np.empty_like(positions)
-    for epoch in np.unique(epochs):
-        selected = epochs == epoch
-        indices[selected] = _epoch_order(num_examples, seed, int(epoch), shuffle)[offsets[selected]]
-    return indices
+  """Example index at each stream position: epoch e = position // N is a permutation from (seed, e)."""
+  epochs, offsets = np.divmod(positions, num_examples)
+  indices = np.empty_like(positions)
+  for epoch in np.unique(epochs):
+    selected = epochs == epoch
+    indices[selected] = _epoch_order(num_examples, seed, int(epoch), shuffle)[offsets[selected]]
+  return indices
 
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Per-example randomness of the reference preprocessing, drawn from (seed, stream position)."""
-    random_flip: bool
-    uniform_dequantization: bool
-    seed: int
+  """Per-example randomness of the reference preprocessing, drawn from (seed, stream position)."""
+  random_flip: bool
+  uniform_dequantization: bool
+  seed: int
 
-    def __call__(self, image: np.ndarray, position: int) -> np.ndarray:
-        if not (self.random_flip or self.uniform_dequantization):
-            return image
-        rng = np.random.default_rng((self.seed, 0, position))
-        if self.random_flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        if self.uniform_dequantization:
-            # Uniform dequantization of 8-bit data (Theis et al., 2016): (u + 255 x) / 256.
-            image = (rng.random(image.shape, dtype=np.float32) + 255.0 * image) / 256.0
-        return image
+  def __call__(self, image: np.ndarray, position: int) -> np.ndarray:
+    if not (self.random_flip or self.uniform_dequantization):
+      return image
+    rng = np.random.default_rng((self.seed, 0, position))
+    if self.random_flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    if self.uniform_dequantization:
+      # Uniform dequantization of 8-bit data (Theis et al., 2016): (u + 255 x) / 256.
+      image = (rng.random(image.shape, dtype=np.float32) + 255.0 * image) / 256.0
+    return image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,93 +283,93 @@ class Augmentation:
 
 
 class BatchIterator:
-    """Iterator over this process's slices of the global batches.
+  """Iterator over this process's slices of the global batches.
 
-    Yields dicts with 'image' float32 [B_local, H, W, C] in [0, 1], 'label' int32 [B_local]
-    (NO_LABEL = -1 where the source has none) and 'mask' bool [B_local], False only on the padding
-    of a final partial batch (when `drop_remainder=False`). `step` is the index of the next batch.
-    Examples are decoded on a thread pool, `prefetch` batches ahead.
-    """
+  Yields dicts with 'image' float32 [B_local, H, W, C] in [0, 1], 'label' int32 [B_local]
+  (NO_LABEL = -1 where the source has none) and 'mask' bool [B_local], False only on the padding
+  of a final partial batch (when `drop_remainder=False`). `step` is the index of the next batch.
+  Examples are decoded on a thread pool, `prefetch` batches ahead.
+  """
 
-    def __init__(self, load: LoadFn, num_examples: int, *, global_batch_size: int,
-                 process_index: int, process_count: int, seed: int, shuffle: bool,
-                 augmentation: Augmentation, num_epochs: int | None, start_step: int,
-                 drop_remainder: bool, num_workers: int, prefetch: int):
-        self.num_examples = num_examples
-        self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // process_count
-        if num_epochs is None:
-            self.num_batches = None
-        else:
-            total = num_epochs * num_examples
-            full, partial = divmod(total, global_batch_size)
-            self.num_batches = full + int(partial > 0 and not drop_remainder)
-        self.step = start_step
-        self._load = load
-        self._process = (process_index, process_count)
-        self._order = (seed, shuffle)
-        self._augmentation = augmentation
-        self._total_positions = None if num_epochs is None else num_epochs * num_examples
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, "score_sde_data")
-        self._pending: collections.deque = collections.deque()
-        self._next_submit = start_step
-        self._prefetch = max(prefetch, 1)
+  def __init__(self, load: LoadFn, num_examples: int, *, global_batch_size: int,
+               process_index: int, process_count: int, seed: int, shuffle: bool,
+               augmentation: Augmentation, num_epochs: int | None, start_step: int,
+               drop_remainder: bool, num_workers: int, prefetch: int):
+    self.num_examples = num_examples
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    if num_epochs is None:
+      self.num_batches = None
+    else:
+      total = num_epochs * num_examples
+      full, partial = divmod(total, global_batch_size)
+      self.num_batches = full + int(partial > 0 and not drop_remainder)
+    self.step = start_step
+    self._load = load
+    self._process = (process_index, process_count)
+    self._order = (seed, shuffle)
+    self._augmentation = augmentation
+    self._total_positions = None if num_epochs is None else num_epochs * num_examples
+    self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, "score_sde_data")
+    self._pending: collections.deque = collections.deque()
+    self._next_submit = start_step
+    self._prefetch = max(prefetch, 1)
 
-    def __len__(self) -> int:
-        if self.num_batches is None:
-            raise TypeError("An infinite BatchIterator (num_epochs=None) has no length.")
-        return self.num_batches
+  def __len__(self) -> int:
+    if self.num_batches is None:
+      raise TypeError("An infinite BatchIterator (num_epochs=None) has no length.")
+    return self.num_batches
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.num_batches is not None and self.step >= self.num_batches:
-            self.close()
-            raise StopIteration
-        while len(self._pending) < self._prefetch and (
-                self.num_batches is None or self._next_submit < self.num_batches):
-            self._pending.append(self._submit(self._next_submit))
-            self._next_submit += 1
-        futures, mask = self._pending.popleft()
-        try:
-            examples = [future.result() for future in futures]
-        except BaseException:
-            self.close()
-            raise
-        self.step += 1
-        return {
-            "image": np.stack([image for image, _ in examples]),  # [B_local, H, W, C]
-            "label": np.asarray([label for _, label in examples], dtype=np.int32),  # [B_local]
-            "mask": mask,  # [B_local]
-        }
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.num_batches is not None and self.step >= self.num_batches:
+      self.close()
+      raise StopIteration
+    while len(self._pending) < self._prefetch and (
+            self.num_batches is None or self._next_submit < self.num_batches):
+      self._pending.append(self._submit(self._next_submit))
+      self._next_submit += 1
+    futures, mask = self._pending.popleft()
+    try:
+      examples = [future.result() for future in futures]
+    except BaseException:
+      self.close()
+      raise
+    self.step += 1
+    return {
+        "image": np.stack([image for image, _ in examples]),  # [B_local, H, W, C]
+        "label": np.asarray([label for _, label in examples], dtype=np.int32),  # [B_local]
+        "mask": mask,  # [B_local]
+    }
 
-    def _submit(self, step: int):
-        positions = batch_positions(step, self.global_batch_size, *self._process)
-        mask = np.ones(positions.shape, dtype=bool)
-        if self._total_positions is not None:
-            mask = positions < self._total_positions
-            # Padding repeats valid examples (from the start of the stream) and is masked out.
-            positions = np.where(mask, positions, positions % self._total_positions)
-        indices = example_indices(positions, self.num_examples, *self._order)
-        futures = [self._pool.submit(self._example, int(i), int(p))
-                   for i, p in zip(indices, positions)]
-        return futures, mask
+  def _submit(self, step: int):
+    positions = batch_positions(step, self.global_batch_size, *self._process)
+    mask = np.ones(positions.shape, dtype=bool)
+    if self._total_positions is not None:
+      mask = positions < self._total_positions
+      # Padding repeats valid examples (from the start of the stream) and is masked out.
+      positions = np.where(mask, positions, positions % self._total_positions)
+    indices = example_indices(positions, self.num_examples, *self._order)
+    futures = [self._pool.submit(self._example, int(i), int(p))
+               for i, p in zip(indices, positions)]
+    return futures, mask
 
-    def _example(self, index: int, position: int) -> tuple[np.ndarray, int]:
-        image, label = self._load(index)
-        return self._augmentation(image, position).astype(np.float32, copy=False), label
+  def _example(self, index: int, position: int) -> tuple[np.ndarray, int]:
+    image, label = self._load(index)
+    return self._augmentation(image, position).astype(np.float32, copy=False), label
 
-    def close(self) -> None:
-        """Stops the decoding threads; pending prefetched batches are dropped."""
-        self._pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+  def close(self) -> None:
+    """Stops the decoding threads; pending prefetched batches are dropped."""
+    self._pending.clear()
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> "BatchIterator":
-        return self
+  def __enter__(self) -> "BatchIterator":
+    return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,51 +377,51 @@ class BatchIterator:
 
 
 def _canonical_dataset_name(name: str) -> str:
-    by_lower = {choice.lower(): choice for choice in DATASETS}
-    if not isinstance(name, str) or name.lower() not in by_lower:
-        raise ValueError(f"Unknown config.data.dataset={name!r}; choose one of {list(DATASETS)}.")
-    return by_lower[name.lower()]
+  by_lower = {choice.lower(): choice for choice in DATASETS}
+  if not isinstance(name, str) or name.lower() not in by_lower:
+    raise ValueError(f"Unknown config.data.dataset={name!r}; choose one of {list(DATASETS)}.")
+  return by_lower[name.lower()]
 
 
 def _check_positive_int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}.")
-    return int(value)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+  return int(value)
 
 
 def get_source(config, split: str) -> tuple[int, LoadFn]:
-    """(number of examples, index -> (image [S, S, C] float32 in [0, 1], label)) for a config."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    data = config.data
-    dataset = _canonical_dataset_name(data.dataset)
-    image_size = _check_positive_int(data.image_size, "config.data.image_size")
-    num_channels = _check_positive_int(data.num_channels, "config.data.num_channels")
-    if num_channels not in (1, 3):
-        raise ValueError(f"config.data.num_channels must be 1 or 3, got {num_channels}.")
+  """(number of examples, index -> (image [S, S, C] float32 in [0, 1], label)) for a config."""
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+  data = config.data
+  dataset = _canonical_dataset_name(data.dataset)
+  image_size = _check_positive_int(data.image_size, "config.data.image_size")
+  num_channels = _check_positive_int(data.num_channels, "config.data.num_channels")
+  if num_channels not in (1, 3):
+    raise ValueError(f"config.data.num_channels must be 1 or 3, got {num_channels}.")
 
-    if dataset == "digits":
-        if num_channels != 1:
-            raise ValueError("The digits are grey: set config.data.num_channels=1.")
-        return array_source(*digits_split(split, image_size))
-    if dataset == "folder":
-        path = data.get("path")
-        if not path:
-            raise ValueError("config.data.dataset='folder' needs config.data.path=<image folder>.")
-        # A folder has a single split, used for both training and evaluation as in the reference.
-        return folder_source(path, image_size, num_channels)
+  if dataset == "digits":
+    if num_channels != 1:
+      raise ValueError("The digits are grey: set config.data.num_channels=1.")
+    return array_source(*digits_split(split, image_size))
+  if dataset == "folder":
+    path = data.get("path")
+    if not path:
+      raise ValueError("config.data.dataset='folder' needs config.data.path=<image folder>.")
+    # A folder has a single split, used for both training and evaluation as in the reference.
+    return folder_source(path, image_size, num_channels)
 
-    name, train_split, test_split = _TFDS_DATASETS[dataset]
-    if dataset == "LSUN":
-        if not data.get("category"):
-            raise ValueError("config.data.dataset='LSUN' needs config.data.category, e.g. 'church_outdoor'.")
-        name = name.format(category=data.category)
-    elif dataset == "TFDS":
-        if not data.get("tfds_name"):
-            raise ValueError("config.data.dataset='TFDS' needs config.data.tfds_name, e.g. 'mnist'.")
-        name = name.format(tfds_name=data.tfds_name)
-    return tfds_source(name, train_split if split == "train" else test_split, data.get("data_dir"),
-                       _resize_op(dataset, image_size), num_channels)
+  name, train_split, test_split = _TFDS_DATASETS[dataset]
+  if dataset == "LSUN":
+    if not data.get("category"):
+      raise ValueError("config.data.dataset='LSUN' needs config.data.category, e.g. 'church_outdoor'.")
+    name = name.format(category=data.category)
+  elif dataset == "TFDS":
+    if not data.get("tfds_name"):
+      raise ValueError("config.data.dataset='TFDS' needs config.data.tfds_name, e.g. 'mnist'.")
+    name = name.format(tfds_name=data.tfds_name)
+  return tfds_source(name, train_split if split == "train" else test_split, data.get("data_dir"),
+                     _resize_op(dataset, image_size), num_channels)
 
 
 def get_dataset(config, *, split: str = "train", batch_size: int | None = None,
@@ -430,56 +430,56 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None,
                 start_step: int = 0, uniform_dequantization: bool | None = None,
                 shuffle: bool | None = None, drop_remainder: bool = True,
                 num_workers: int | None = None, prefetch: int = 2) -> BatchIterator:
-    """This process's batches of `split`, preprocessed as in the reference.
+  """This process's batches of `split`, preprocessed as in the reference.
 
-    Args:
-      config: ConfigDict with `data.{dataset, image_size, num_channels, random_flip,
-        uniform_dequantization}` and, depending on the dataset, `data.category` (LSUN),
-        `data.tfds_name` (TFDS), `data.path` (folder), `data.data_dir` (tfds data directory).
-      split: 'train' or 'test' (the reference's evaluation split: 'validation' for CelebA/LSUN).
-      batch_size: GLOBAL batch size over all processes; defaults to `config.training.batch_size`
-        (`config.eval.batch_size` when `evaluation`). Must be divisible by `process_count`.
-      process_index, process_count: this process and how many there are; default to JAX's.
-      shuffle_seed: seed of the epoch permutations and of the per-example flip and noise.
-      num_epochs: passes over the split; None repeats forever.
-      evaluation: disables the random flip and, unless `shuffle` is given, shuffling.
-      start_step: index of the first batch, to resume a run exactly where it stopped.
-      uniform_dequantization: overrides `config.data.uniform_dequantization` (e.g. for bits/dim).
-      shuffle: whether epochs are permuted; defaults to `not evaluation`.
-      drop_remainder: drop the final partial global batch of a finite stream; if False it is
-        padded with repeated examples whose 'mask' is False.
-      num_workers: decoding threads (default: min(8, number of CPUs)).
-      prefetch: batches decoded ahead of the consumer.
-    """
-    import jax
+  Args:
+    config: ConfigDict with `data.{dataset, image_size, num_channels, random_flip,
+      uniform_dequantization}` and, depending on the dataset, `data.category` (LSUN),
+      `data.tfds_name` (TFDS), `data.path` (folder), `data.data_dir` (tfds data directory).
+    split: 'train' or 'test' (the reference's evaluation split: 'validation' for CelebA/LSUN).
+    batch_size: GLOBAL batch size over all processes; defaults to `config.training.batch_size`
+      (`config.eval.batch_size` when `evaluation`). Must be divisible by `process_count`.
+    process_index, process_count: this process and how many there are; default to JAX's.
+    shuffle_seed: seed of the epoch permutations and of the per-example flip and noise.
+    num_epochs: passes over the split; None repeats forever.
+    evaluation: disables the random flip and, unless `shuffle` is given, shuffling.
+    start_step: index of the first batch, to resume a run exactly where it stopped.
+    uniform_dequantization: overrides `config.data.uniform_dequantization` (e.g. for bits/dim).
+    shuffle: whether epochs are permuted; defaults to `not evaluation`.
+    drop_remainder: drop the final partial global batch of a finite stream; if False it is
+      padded with repeated examples whose 'mask' is False.
+    num_workers: decoding threads (default: min(8, number of CPUs)).
+    prefetch: batches decoded ahead of the consumer.
+  """
+  import jax
 
-    if batch_size is None:
-        batch_size = config.eval.batch_size if evaluation else config.training.batch_size
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % process_count:
-        raise ValueError(f"Global batch size {batch_size} is not divisible by the number of "
-                         f"processes {process_count}; choose a multiple of {process_count}.")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
-    if shuffle_seed < 0 or start_step < 0:
-        raise ValueError(f"shuffle_seed ({shuffle_seed}) and start_step ({start_step}) must be >= 0.")
-    if num_epochs is not None:
-        _check_positive_int(num_epochs, "num_epochs")
-    if uniform_dequantization is None:
-        uniform_dequantization = bool(config.data.uniform_dequantization)
-    num_examples, load = get_source(config, split)
-    if num_epochs is not None and drop_remainder and num_epochs * num_examples < batch_size:
-        raise ValueError(f"{num_epochs} epoch(s) of the {num_examples} examples of split {split!r} "
-                         f"do not fill one global batch of {batch_size}; use drop_remainder=False "
-                         f"or a smaller batch.")
-    augmentation = Augmentation(
-        random_flip=bool(config.data.random_flip) and not evaluation,
-        uniform_dequantization=uniform_dequantization, seed=int(shuffle_seed))
-    return BatchIterator(
-        load, num_examples, global_batch_size=batch_size, process_index=process_index,
-        process_count=process_count, seed=int(shuffle_seed),
-        shuffle=(not evaluation) if shuffle is None else shuffle, augmentation=augmentation,
-        num_epochs=num_epochs, start_step=start_step, drop_remainder=drop_remainder,
-        num_workers=num_workers or min(8, os.cpu_count() or 1), prefetch=prefetch)
+  if batch_size is None:
+    batch_size = config.eval.batch_size if evaluation else config.training.batch_size
+  batch_size = _check_positive_int(batch_size, "batch_size")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if batch_size % process_count:
+    raise ValueError(f"Global batch size {batch_size} is not divisible by the number of "
+                     f"processes {process_count}; choose a multiple of {process_count}.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+  if shuffle_seed < 0 or start_step < 0:
+    raise ValueError(f"shuffle_seed ({shuffle_seed}) and start_step ({start_step}) must be >= 0.")
+  if num_epochs is not None:
+    _check_positive_int(num_epochs, "num_epochs")
+  if uniform_dequantization is None:
+    uniform_dequantization = bool(config.data.uniform_dequantization)
+  num_examples, load = get_source(config, split)
+  if num_epochs is not None and drop_remainder and num_epochs * num_examples < batch_size:
+    raise ValueError(f"{num_epochs} epoch(s) of the {num_examples} examples of split {split!r} "
+                     f"do not fill one global batch of {batch_size}; use drop_remainder=False "
+                     f"or a smaller batch.")
+  augmentation = Augmentation(
+      random_flip=bool(config.data.random_flip) and not evaluation,
+      uniform_dequantization=uniform_dequantization, seed=int(shuffle_seed))
+  return BatchIterator(
+      load, num_examples, global_batch_size=batch_size, process_index=process_index,
+      process_count=process_count, seed=int(shuffle_seed),
+      shuffle=(not evaluation) if shuffle is None else shuffle, augmentation=augmentation,
+      num_epochs=num_epochs, start_step=start_step, drop_remainder=drop_remainder,
+      num_workers=num_workers or min(8, os.cpu_count() or 1), prefetch=prefetch)
