@@ -45,12 +45,12 @@ def main():
   state = exp.fresh_state()
   loss_fn = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=True)
   d = config.data
-  batches = jnp.zeros((args.k, config.training.batch_size, d.image_size, d.image_size,
-                       d.num_channels))
+  batches = {"image": jnp.zeros((args.k, config.training.batch_size, d.image_size, d.image_size,
+                                 d.num_channels))}
   unrolled = training.make_train_step(loss_fn, exp.optimizer, config.model.ema_rate)
 
   def scanned(state, batches, key):
-    one = lambda s, b: unrolled(s, b[None], key)
+    one = lambda s, b: unrolled(s, jax.tree.map(lambda v: v[None], b), key)
     state, metrics = jax.lax.scan(one, state, batches)
     return state, metrics
 

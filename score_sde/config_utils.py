@@ -40,10 +40,18 @@ def get_optimizer(config):
                              grad_clip=o.grad_clip)
 
 
+def num_classes(config) -> int:
+  """``config.model.num_classes``: 0 for an unconditional score network (the default)."""
+  return config.model.get("num_classes", 0)
+
+
 def get_loss_fn(config, sde, model_fn, *, train: bool):
+  """The training loss; class-conditional (with ``training.class_dropout``) if ``num_classes`` > 0."""
   t = config.training
   return losses.get_loss_fn(sde, model_fn, train=train, reduce_mean=t.reduce_mean,
-                            continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
+                            continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
+                            num_classes=num_classes(config),
+                            class_dropout=t.get("class_dropout", 0.0))
 
 
 def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:

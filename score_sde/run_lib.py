@@ -35,14 +35,20 @@ class Experiment:
     self.replicated = distributed.replicated(self.mesh)
     self.sde = config_utils.get_sde(config)
     self.module = models.get_model(config)
+    self.num_classes = config_utils.num_classes(config)
+    # model_fn takes class_labels when num_classes > 0; sampling and bits/dim use the null class.
     self.model_fn = training.linen_model_fn(self.module)
+    self.unconditional_model_fn = (
+        training.null_class_model_fn(self.model_fn, self.num_classes) if self.num_classes
+        else self.model_fn)
     self.optimizer = config_utils.get_optimizer(config)
     self.scaler = datasets.get_data_scaler(config)
     self.inverse_scaler = datasets.get_data_inverse_scaler(config)
     self.root_key = jax.random.PRNGKey(config.seed)
     init_key, self.train_key, self.eval_key, self.sample_key = jax.random.split(self.root_key, 4)
     init_shape = config_utils.image_shape(config, 1)
-    init = jax.jit(lambda k: training.init_train_state(k, self.module, self.optimizer, init_shape),
+    init = jax.jit(lambda k: training.init_train_state(k, self.module, self.optimizer, init_shape,
+                                                       self.num_classes),
                    out_shardings=self.replicated)
     self._init = lambda: init(init_key)
     self._samplers = {}
@@ -51,8 +57,8 @@ class Experiment:
     """The configured sampler for ``batch_size`` images, ``(key, params) -> (x, info)``, built once."""
     if batch_size not in self._samplers:
       shape = config_utils.image_shape(self.config, batch_size)
-      self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde, self.model_fn,
-                                                            shape)
+      self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde,
+                                                            self.unconditional_model_fn, shape)
     return self._samplers[batch_size]
 
   def fresh_state(self) -> training.TrainState:
@@ -65,11 +71,32 @@ class Experiment:
     return distributed.global_array(local, distributed.batch_sharding(self.mesh, batch_axis),
                                     batch_axis)
 
+  def model_batch(self, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The loss input: scaled 'image' and, for a class-conditional model, checked 'label'."""
+    batch = {"image": self.scaler(images)}
+    if self.num_classes:
+      batch["label"] = check_class_labels(self.config, labels, self.num_classes,
+                                          "config.model.num_classes")
+    return batch
+
 
 def _stacked_batches(it: Iterator[dict], k: int) -> tuple[np.ndarray, np.ndarray]:
   """Stacks k consecutive batches: images [k, B_local, H, W, C] and labels [k, B_local]."""
   batches = [next(it) for _ in range(k)]
   return np.stack([b["image"] for b in batches]), np.stack([b["label"] for b in batches])
+
+
+def check_class_labels(config, labels: np.ndarray, num_classes: int, field: str) -> np.ndarray:
+  """Labels int [...] in 0..num_classes-1, or a ValueError naming the dataset and ``field``."""
+  if np.any(labels < 0):
+    raise ValueError(f"{field}={num_classes} needs class labels, but config.data.dataset="
+                     f"{config.data.dataset!r} gives unlabelled images (label "
+                     f"{datasets.NO_LABEL}); use a labelled dataset or set {field}=0.")
+  if np.any(labels >= num_classes):
+    raise ValueError(f"The data has label {int(labels.max())}, but {field}={num_classes}; set "
+                     f"{field} to the number of classes of config.data.dataset="
+                     f"{config.data.dataset!r}.")
+  return labels.astype(np.int32)
 
 
 def _crossed(prev_step: int, step: int, freq: int) -> bool:
@@ -114,8 +141,8 @@ def train(config, workdir: str) -> training.TrainState:
   compiled = False
   try:
     while step < cfg.n_iters:
-      images, _ = _stacked_batches(train_iter, k)
-      batch = exp.to_global(exp.scaler(images), batch_axis=1)
+      batch = jax.tree.map(lambda a: exp.to_global(a, batch_axis=1),
+                           exp.model_batch(*_stacked_batches(train_iter, k)))
       if not compiled:
         train_step = train_step.lower(state, batch, exp.train_key).compile()
         distributed.barrier("score_sde_train_step_compiled")
@@ -140,7 +167,9 @@ def train(config, workdir: str) -> training.TrainState:
       if _crossed(prev, step, cfg.eval_freq):
         batch = next(eval_iter)
         key = jax.random.fold_in(exp.eval_key, step)
-        eval_losses = eval_step(state.ema_params, jnp.asarray(exp.scaler(batch["image"])), key)
+        eval_losses = eval_step(state.ema_params,
+                                jax.tree.map(jnp.asarray,
+                                             exp.model_batch(batch["image"], batch["label"])), key)
         writer.scalars(step, {"eval_loss": float(jnp.mean(eval_losses))})
       snapshot = _crossed(prev, step, cfg.snapshot_freq) or step >= cfg.n_iters
       if snapshot or _crossed(prev, step, cfg.snapshot_freq_for_preemption):
@@ -195,8 +224,8 @@ def _test_loss(exp: Experiment, params, key) -> float:
   with datasets.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
                             evaluation=True, drop_remainder=False) as it:
     for i, batch in enumerate(it):
-      losses = np.asarray(eval_step(params, jnp.asarray(exp.scaler(batch["image"])),
-                                    jax.random.fold_in(key, i)))
+      model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"]))
+      losses = np.asarray(eval_step(params, model_batch, jax.random.fold_in(key, i)))
       total += float(losses[batch["mask"]].sum())
       count += int(batch["mask"].sum())
   return total / count
@@ -207,7 +236,7 @@ def _test_bpd(exp: Experiment, params, key) -> float:
   from score_sde import likelihood, sde as sde_module
 
   config = exp.config
-  score_fn = sde_module.get_score_fn(exp.sde, exp.model_fn, params,
+  score_fn = sde_module.get_score_fn(exp.sde, exp.unconditional_model_fn, params,
                                      continuous=config.training.continuous)
   bpd_fn = jax.jit(lambda k, x: likelihood.bits_per_dim(
       k, score_fn, exp.sde, x, centered=config.data.centered, dequantize=True,

@@ -307,14 +307,17 @@ def get_sde(name: str, **kwargs) -> SDE:
 
 
 def get_score_fn(sde: SDE, model_fn: Callable, params, *, continuous: bool, train: bool = False,
-                 rng: Optional[Array] = None) -> ScoreFn:
+                 rng: Optional[Array] = None, class_labels: Optional[Array] = None) -> ScoreFn:
   """Wraps a network ``model_fn(params, x, labels, train=, rng=)`` as ``score_fn(x, t)``.
 
-  The returned callable is the public form every sampler and the likelihood take.
+  The returned callable is the public form every sampler and the likelihood take. A
+  class-conditional network gets ``class_labels`` int [B] (the null class for its unconditional
+  score); they are passed as ``model_fn(..., class_labels=)`` only when given.
   """
+  class_kw = {} if class_labels is None else {"class_labels": class_labels}
 
   def score_fn(x: Array, t: Array) -> Array:
-    output = model_fn(params, x, sde.noise_labels(t, continuous), train=train, rng=rng)
+    output = model_fn(params, x, sde.noise_labels(t, continuous), train=train, rng=rng, **class_kw)
     return sde.score_from_output(output, t, continuous)
 
   return score_fn

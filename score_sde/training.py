@@ -3,6 +3,9 @@
 One jitted call runs ``n_jitted_steps`` optimiser steps (unrolled). Randomness is derived
 from the step alone, ``fold_in(train_key, step)``, and the noise for the whole global batch is drawn
 inside jit, so a step gives identical results on any number of devices or processes.
+
+Data batches are dicts: 'image' [B, H, W, C] and, for a class-conditional network, 'label' int [B]
+(passed to the loss as ``class_labels``).
 """
 from __future__ import annotations
 
@@ -30,21 +33,40 @@ class TrainState:
 
 
 def linen_model_fn(module: nn.Module) -> Callable:
-  """Adapts a linen module to the project's ``model_fn(params, x, labels, train=, rng=)``."""
+  """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
-  def model_fn(params, x, labels, *, train: bool = False, rng=None):
+  ``class_labels`` int [B] are forwarded only when given, so unconditional modules keep their call.
+  """
+
+  def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None):
     rngs = {"dropout": rng} if (train and rng is not None) else None
-    return module.apply({"params": params}, x, labels, train=train, rngs=rngs)
+    class_kw = {} if class_labels is None else {"class_labels": class_labels}
+    return module.apply({"params": params}, x, labels, train=train, rngs=rngs, **class_kw)
 
   return model_fn
 
 
+def null_class_model_fn(model_fn: Callable, num_classes: int) -> Callable:
+  """The unconditional model of a class-conditional network: every label is the null class K."""
+
+  def unconditional(params, x, labels, **kwargs):
+    return model_fn(params, x, labels, class_labels=jnp.full(x.shape[:1], num_classes, jnp.int32),
+                    **kwargs)
+
+  return unconditional
+
+
 def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.GradientTransformation,
-                     input_shape: tuple[int, ...]) -> TrainState:
-  """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C]."""
+                     input_shape: tuple[int, ...], num_classes: int = 0) -> TrainState:
+  """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C].
+
+  ``num_classes`` > 0: the module is class-conditional and is initialised with null-class labels.
+  """
   x = jnp.zeros(input_shape, jnp.float32)
   labels = jnp.zeros(input_shape[:1], jnp.int32)
-  params = module.init({"params": key, "dropout": key}, x, labels, train=False)["params"]
+  class_kw = {"class_labels": jnp.full(input_shape[:1], num_classes, jnp.int32)} if num_classes else {}
+  params = module.init({"params": key, "dropout": key}, x, labels, train=False,
+                       **class_kw)["params"]
   ema_params = jax.tree.map(jnp.copy, params)  # separate buffers: the state is donated
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                     opt_state=optimizer.init(params))
@@ -52,11 +74,15 @@ def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.Gradien
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     ema_rate: float) -> Callable:
-  """Returns ``train_step(state, batches [K, B, ...], train_key) -> (state, metrics [K])``."""
+  """Returns ``train_step(state, batches, train_key) -> (state, metrics [K])``.
+
+  ``batches``: {'image': [K, B, H, W, C]} plus 'label' int [K, B] for a class-conditional loss.
+  """
 
   def one_step(state: TrainState, batch, train_key):
     key = jax.random.fold_in(train_key, state.step)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, key, batch["image"], batch.get("label"))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
@@ -69,8 +95,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     # A Python loop, unrolled at trace time, rather than lax.scan: XLA:CPU runs the backward
     # convolutions ~10x slower inside a while-loop body (experiments/bench_train_step.py).
     metrics = []
-    for i in range(batches.shape[0]):
-      state, m = one_step(state, batches[i], train_key)
+    for i in range(batches["image"].shape[0]):
+      state, m = one_step(state, jax.tree.map(lambda b: b[i], batches), train_key)
       metrics.append(m)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
@@ -78,9 +104,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable:
-  """Returns ``eval_step(params, batch, key) -> per-sample losses [B]``."""
+  """Returns ``eval_step(params, batch, key) -> per-sample losses [B]``.
+
+  ``batch``: {'image': [B, H, W, C]} plus 'label' int [B] for a class-conditional loss.
+  """
 
   def eval_step(params, batch, key):
-    return loss_fn(params, key, batch)[1]["losses"]
+    return loss_fn(params, key, batch["image"], batch.get("label"))[1]["losses"]
 
   return eval_step

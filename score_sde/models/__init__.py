@@ -1,8 +1,9 @@
 """Score networks. `get_model(config)` builds one from `config.model.name` and the model fields.
 
 The ConfigDict stops here: every module takes explicit fields. The call convention is
-`model.apply({'params': params}, x, noise_labels, train=bool, rngs={'dropout': key})` with
-x [B, H, W, C] and noise_labels [B].
+`model.apply({'params': params}, x, noise_labels, train=bool, class_labels=None,
+rngs={'dropout': key})` with x [B, H, W, C] and noise_labels [B]. Only `ncsnpp` and `ddpm` can be
+class-conditional (`config.model.num_classes` > 0, `class_labels` int [B], see ncsnpp.py).
 """
 from typing import Callable, Dict
 
@@ -30,7 +31,7 @@ def _common_fields(config) -> dict:
       scale_by_sigma=m.scale_by_sigma, centered=_get(config, "data", "centered"),
       nonlinearity=m.get("nonlinearity", "swish"),
       sigma_min=m.get("sigma_min", 0.01), sigma_max=m.get("sigma_max", 50.0),
-      num_scales=m.get("num_scales", 1000))
+      num_scales=m.get("num_scales", 1000), num_classes=m.get("num_classes", 0))
 
 
 def _check_normalization(config):
@@ -77,9 +78,16 @@ MODELS: Dict[str, Callable] = {
 }
 
 
+CLASS_CONDITIONAL_MODELS = ("ncsnpp", "ddpm")
+
+
 def get_model(config) -> nn.Module:
   """Build the score network named by `config.model.name` from `config.model.*` and `config.data`."""
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f"Unknown model name {name!r}; valid choices: {sorted(MODELS)}.")
+  if config.model.get("num_classes", 0) and name not in CLASS_CONDITIONAL_MODELS:
+    raise ValueError(f"config.model.num_classes={config.model.num_classes} (class-conditional "
+                     f"training) is supported only by models {list(CLASS_CONDITIONAL_MODELS)}, "
+                     f"not {name!r}; set config.model.num_classes=0.")
   return MODELS[name](config)

@@ -2,7 +2,9 @@
 
 Wide-ResNet blocks with GroupNorm (32 groups), sinusoidal time embedding, self-attention at the
 resolutions in `attn_resolutions`, nearest-neighbour upsampling and strided-conv downsampling.
-Reference model name `ddpm`; same call convention as NCSN++ (noise_labels [B], e.g. 999·t for VP).
+Reference model name `ddpm`; same call convention as NCSN++ (noise_labels [B], e.g. 999·t for VP),
+including the optional class conditioning (`num_classes`, `class_labels`) for classifier-free
+guidance.
 """
 import functools
 from typing import Sequence
@@ -29,12 +31,16 @@ class DDPM(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  # Number of classes for class-conditional training (0: unconditional; K > 0 adds a null class K).
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x, noise_labels, train: bool = True):
+  def __call__(self, x, noise_labels, train: bool = True, class_labels=None):
     if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
       raise ValueError(f"ddpm expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
                        f"{noise_labels.shape}.")
+    layers.check_num_classes("ddpm", self.num_classes, self.conditional)
+    layers.check_class_labels("ddpm", self.num_classes, class_labels, x.shape[0])
     act = layers.get_act(self.nonlinearity)
     nf, num_levels = self.nf, len(self.ch_mult)
     res_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
@@ -43,6 +49,9 @@ class DDPM(nn.Module):
       temb = layers.get_timestep_embedding(noise_labels, nf)
       temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
       temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+      if self.num_classes:
+        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
+            class_labels)
     else:
       temb = None
 

@@ -67,6 +67,32 @@ def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 1
   return emb
 
 
+def check_num_classes(model: str, num_classes: int, conditional: bool) -> None:
+  """Class conditioning is added to the time embedding, so it needs ``conditional=True``."""
+  if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
+    raise ValueError(f"{model}: num_classes must be an integer >= 0 (0 = unconditional), got "
+                     f"{num_classes!r}.")
+  if num_classes and not conditional:
+    raise ValueError(f"{model}: num_classes={num_classes} adds a class embedding to the time "
+                     "embedding, which conditional=False removes; set config.model.conditional="
+                     "True or config.model.num_classes=0.")
+
+
+def check_class_labels(model: str, num_classes: int, class_labels, batch_size: int) -> None:
+  """``class_labels`` int [B] in 0..K (K = null class) iff the network has K = num_classes > 0."""
+  if num_classes and class_labels is None:
+    raise ValueError(f"{model} is class-conditional (num_classes={num_classes}): pass "
+                     f"class_labels int [B] with values in 0..{num_classes}, where {num_classes} "
+                     "is the null (unconditional) class.")
+  if not num_classes and class_labels is not None:
+    raise ValueError(f"{model} is unconditional (num_classes=0) but got class_labels; drop them "
+                     "or build the network with num_classes > 0 (config.model.num_classes).")
+  if class_labels is not None and (class_labels.shape != (batch_size,) or
+                                   not jnp.issubdtype(class_labels.dtype, jnp.integer)):
+    raise ValueError(f"{model}: class_labels must be integers of shape [B]=({batch_size},), got "
+                     f"{class_labels.dtype} {class_labels.shape}.")
+
+
 class GaussianFourierProjection(nn.Module):
   """Random Fourier features [sin 2πxW, cos 2πxW] with frozen W ~ N(0, scale²) (Tancik et al., 2020)."""
   embedding_size: int = 256

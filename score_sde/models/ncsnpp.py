@@ -4,9 +4,13 @@ NCSN++ (VE): BigGAN blocks with FIR resampling, residual progressive input, Four
 output divided by σ. DDPM++ (VP/sub-VP): the same backbone without FIR or progressive growing and with
 the sinusoidal embedding of 999·t. All options of the reference configuration are fields below.
 
-Call: `apply({'params': p}, x, noise_labels, train=..., rngs={'dropout': key})`, x [B, H, W, C],
-noise_labels [B]: σ for the Fourier embedding, otherwise the time/level value fed to the sinusoidal
-embedding (999t or t(N-1) for VP, the level index for discrete VE).
+Call: `apply({'params': p}, x, noise_labels, train=..., class_labels=None, rngs={'dropout': key})`,
+x [B, H, W, C], noise_labels [B]: σ for the Fourier embedding, otherwise the time/level value fed to
+the sinusoidal embedding (999t or t(N-1) for VP, the level index for discrete VE).
+
+With `num_classes` K > 0 the network is class-conditional for classifier-free guidance (Ho &
+Salimans 2022): `class_labels` int [B] in 0..K, where K is the null (unconditional) class, go through
+`nn.Embed(K + 1, 4 nf)` (parameter `class_embed`) and are added to the time embedding.
 """
 import functools
 from typing import Sequence
@@ -63,6 +67,8 @@ class NCSNpp(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  # Number of classes for class-conditional training (0: unconditional; K > 0 adds a null class K).
+  num_classes: int = 0
 
   def validate(self):
     """Raise a ValueError naming the valid choices for any unknown or inconsistent option."""
@@ -77,10 +83,12 @@ class NCSNpp(nn.Module):
       raise ValueError(f"ncsnpp: conv_size must be a positive odd integer, got {self.conv_size}.")
     if not self.ch_mult or self.num_res_blocks < 1 or self.nf < 1:
       raise ValueError("ncsnpp: need nf >= 1, num_res_blocks >= 1 and a non-empty ch_mult.")
+    layers.check_num_classes("ncsnpp", self.num_classes, self.conditional)
 
   @nn.compact
-  def __call__(self, x, noise_labels, train: bool = True):
+  def __call__(self, x, noise_labels, train: bool = True, class_labels=None):
     self.validate()
+    layers.check_class_labels("ncsnpp", self.num_classes, class_labels, x.shape[0])
     if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
       raise ValueError(f"ncsnpp expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
                        f"{noise_labels.shape}.")
@@ -102,6 +110,9 @@ class NCSNpp(nn.Module):
     if self.conditional:
       temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
       temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+      if self.num_classes:
+        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
+            class_labels)
     else:
       temb = None
 
