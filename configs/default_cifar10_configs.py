@@ -22,12 +22,19 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.continuous = True
   training.n_jitted_steps = 5  # train steps per device call
   training.reduce_mean = False
+  training.class_dropout = 0.1  # label dropout to the null class when model.num_classes > 0 (CFG)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
   sampling.noise_removal = True
   sampling.probability_flow = False
   sampling.snr = 0.16
+  # Class-conditional sampling (docs/controllable.md): 'none', 'cfg' (classifier-free guidance of a
+  # model with num_classes > 0) or 'classifier' (a noise-conditional classifier trained with
+  # --mode train_classifier). class_label -1 cycles through all classes.
+  sampling.guidance = "none"
+  sampling.guidance_scale = 1.0
+  sampling.class_label = -1
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
@@ -67,6 +74,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.beta_max = 20.
   model.dropout = 0.1
   model.embedding_type = "fourier"
+  model.num_classes = 0  # > 0: class-conditional score network (a null class for CFG)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.
@@ -76,6 +84,20 @@ def get_default_configs() -> ml_collections.ConfigDict:
   optim.eps = 1e-8
   optim.warmup = 5000
   optim.grad_clip = 1.
+
+  # Noise-conditional classifier for classifier guidance (--mode train_classifier): the reference's
+  # WRN-28-10 on CIFAR-10.
+  config.classifier = classifier = ml_collections.ConfigDict()
+  classifier.depth = 28
+  classifier.widen_factor = 10
+  classifier.num_classes = 10
+  classifier.n_iters = 100000
+  classifier.batch_size = 128
+  classifier.lr = 2e-4
+  classifier.warmup = 1000
+  classifier.log_freq = 100
+  classifier.eval_freq = 1000
+  classifier.snapshot_freq = 10000
 
   config.seed = 42
   return config

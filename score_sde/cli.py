@@ -13,7 +13,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "likelihood", "fid_stats", "inpaint", "colorize")
+MODES = ("train", "eval", "sample", "likelihood", "fid_stats", "inpaint", "colorize",
+         "train_classifier")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -26,7 +27,8 @@ flags.DEFINE_enum("mode", "train", MODES,
                   "checkpoint; likelihood: bits/dim of the newest checkpoint on the test split; "
                   "fid_stats: Inception reference statistics of the config's dataset; inpaint: fill "
                   "the --mask region of the images under --input; colorize: colour the gray "
-                  "versions of the images under --input.")
+                  "versions of the images under --input; train_classifier: the noise-conditional "
+                  "classifier of classifier guidance (config.classifier), into workdir/classifier.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "
@@ -62,6 +64,8 @@ def _run(argv):
     run_lib.likelihood(config, workdir)
   elif FLAGS.mode == "fid_stats":
     run_lib.fid_stats(config, workdir, FLAGS.inception_weights)
+  elif FLAGS.mode == "train_classifier":
+    run_lib.train_classifier(config, workdir)
   elif FLAGS.mode in ("inpaint", "colorize"):
     if not FLAGS.input:
       raise app.UsageError(f"--mode {FLAGS.mode} needs --input, a folder of images.")

@@ -85,19 +85,90 @@ def _ode_sampler(config, sde, score_fn, shape, key):
 SAMPLING_METHODS = {"pc": _pc_sampler, "ode": _ode_sampler}
 
 
-def get_sampler(config, sde, model_fn, shape):
-  """``sample(key, params) -> (x [shape], info)`` for ``config.sampling.method``, jitted once."""
-  import jax
+GUIDANCE = ("none", "cfg", "classifier")
 
+
+def guidance_classes(config) -> int:
+  """Number of classes that ``config.sampling.guidance`` draws labels from (0 when unguided)."""
+  guidance = config.sampling.guidance
+  check_choice(guidance, GUIDANCE, "config.sampling.guidance")
+  if guidance == "cfg":
+    if not num_classes(config):
+      raise ValueError("config.sampling.guidance='cfg' needs a class-conditional model: train with "
+                       "config.model.num_classes > 0 (e.g. configs/digits/ddpmpp_vp_cfg.py).")
+    return num_classes(config)
+  if guidance == "classifier":
+    return config.classifier.num_classes
+  return 0
+
+
+def sample_labels(config, batch_size: int, offset: int = 0):
+  """Class labels int32 [batch_size] of guided samples, or None when unguided.
+
+  ``config.sampling.class_label`` >= 0 gives every sample that class; -1 cycles through all
+  classes, sample i of a run getting (offset + i) mod K, so every class is equally represented.
+  """
+  import numpy as np
+
+  k = guidance_classes(config)
+  if not k:
+    return None
+  label = config.sampling.class_label
+  if label >= k:
+    raise ValueError(f"config.sampling.class_label={label} is not a class of the {k}-class "
+                     "guidance; use 0..K-1, or -1 for all classes in turn.")
+  if label >= 0:
+    return np.full((batch_size,), label, np.int32)
+  return ((offset + np.arange(batch_size)) % k).astype(np.int32)
+
+
+def sampling_score_fn(config, sde, model_fn, params, labels=None, classifier_logits_fn=None):
+  """The score a sampler follows: unguided, classifier-free guided or classifier guided.
+
+  ``model_fn`` is the network's (class-conditional when ``config.model.num_classes`` > 0, then
+  the unguided score is the null class's). ``classifier_logits_fn(x_in, sigma)`` is needed for
+  ``sampling.guidance='classifier'``.
+  """
+  from score_sde import controllable, training
   from score_sde import sde as sde_module
+
+  guidance = config.sampling.guidance
+  check_choice(guidance, GUIDANCE, "config.sampling.guidance")
+  continuous, k = config.training.continuous, num_classes(config)
+  if guidance == "cfg":
+    def labelled(x, t, y):
+      return sde_module.get_score_fn(sde, model_fn, params, continuous=continuous,
+                                     class_labels=y)(x, t)
+    return controllable.classifier_free_guidance(labelled, labels, k, config.sampling.guidance_scale)
+  unguided_fn = training.null_class_model_fn(model_fn, k) if k else model_fn
+  score_fn = sde_module.get_score_fn(sde, unguided_fn, params, continuous=continuous)
+  if guidance == "classifier":
+    if classifier_logits_fn is None:
+      raise ValueError("config.sampling.guidance='classifier' needs a trained noise-conditional "
+                       "classifier: run --mode train_classifier on this workdir first.")
+    log_prob = controllable.classifier_log_prob_fn(classifier_logits_fn, sde)
+    return controllable.classifier_guidance(score_fn, log_prob, labels,
+                                            config.sampling.guidance_scale)
+  return score_fn
+
+
+def get_sampler(config, sde, model_fn, shape, classifier_fn=None):
+  """``sample(key, params, labels=None, classifier_params=None) -> (x [shape], info)``, jitted once.
+
+  The method is ``config.sampling.method``, the score ``sampling_score_fn``'s; ``classifier_fn``
+  is ``(classifier_params, x_in, sigma) -> logits`` for classifier guidance.
+  """
+  import jax
 
   method = config.sampling.method.lower()
   check_choice(method, SAMPLING_METHODS, "config.sampling.method")
   build = SAMPLING_METHODS[method]
-  continuous = config.training.continuous
 
-  def sample(key, params):
-    score_fn = sde_module.get_score_fn(sde, model_fn, params, continuous=continuous)
+  def sample(key, params, labels=None, classifier_params=None):
+    logits_fn = None
+    if classifier_fn is not None and classifier_params is not None:
+      logits_fn = lambda x_in, sigma: classifier_fn(classifier_params, x_in, sigma)
+    score_fn = sampling_score_fn(config, sde, model_fn, params, labels, logits_fn)
     return build(config, sde, score_fn, shape, key)
 
   return jax.jit(sample)

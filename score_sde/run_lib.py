@@ -1,7 +1,9 @@
 """Training, evaluation and sampling runs driven by a config: what ``main.py`` calls."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -12,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpointing, config_utils, datasets, distributed, logging_utils, training
-from score_sde import models, optim
+from score_sde import classifier_training, models, optim
+from score_sde.models import classifier as classifier_lib
 from score_sde.metrics import convert_inception, fid
 from score_sde.metrics import evaluate as sample_quality
 from score_sde.metrics import features as inception_features
@@ -52,14 +55,35 @@ class Experiment:
                    out_shardings=self.replicated)
     self._init = lambda: init(init_key)
     self._samplers = {}
+    self.classifier_module = classifier_lib.classifier_from_config(config)
+    self.classifier_params = None
 
   def sampler(self, batch_size: int):
-    """The configured sampler for ``batch_size`` images, ``(key, params) -> (x, info)``, built once."""
+    """The configured sampler for ``batch_size`` images, built once (``config_utils.get_sampler``)."""
     if batch_size not in self._samplers:
       shape = config_utils.image_shape(self.config, batch_size)
-      self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde,
-                                                            self.unconditional_model_fn, shape)
+      classifier_fn = (classifier_training.get_classifier_fn(self.classifier_module)
+                       if self.config.sampling.guidance == "classifier" else None)
+      self._samplers[batch_size] = config_utils.get_sampler(self.config, self.sde, self.model_fn,
+                                                            shape, classifier_fn)
     return self._samplers[batch_size]
+
+  def generate(self, key, params, batch_size: int, offset: int = 0):
+    """A batch of the configured sampler, guided per ``config.sampling.guidance``.
+
+    Returns (x [B, H, W, C] in model space, class labels [B] or None). ``offset`` is the index of
+    the batch's first sample in the run, so cycling labels stay balanced across batches.
+    """
+    labels = config_utils.sample_labels(self.config, batch_size, offset)
+    if self.config.sampling.guidance == "classifier" and self.classifier_params is None:
+      raise ValueError("config.sampling.guidance='classifier' needs the classifier of this workdir: "
+                       "run --mode train_classifier first.")
+    x, _ = self.sampler(batch_size)(key, params, labels, self.classifier_params)
+    return x, labels
+
+  def load_classifier(self, workdir: str) -> None:
+    """Restores the newest classifier of ``workdir/classifier`` for classifier guidance."""
+    self.classifier_params = load_classifier_params(self, workdir)[1]
 
   def fresh_state(self) -> training.TrainState:
     return self._init()
@@ -109,6 +133,10 @@ def train(config, workdir: str) -> training.TrainState:
   """Trains from scratch or resumes from the newest checkpoint in ``workdir``."""
   cfg = config.training
   distributed.check_batch_size(cfg.batch_size)
+  if config.sampling.guidance == "classifier":
+    # The classifier is trained separately (often later): snapshot grids are unguided.
+    config = copy.deepcopy(config)
+    config.sampling.guidance = "none"
   exp = Experiment(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -192,7 +220,7 @@ def train(config, workdir: str) -> training.TrainState:
 def _write_sample_grid(exp: Experiment, params, step: int, workdir: str, writer) -> None:
   config = exp.config
   n = config.training.get("snapshot_num_samples", 64)
-  samples, _ = exp.sampler(n)(jax.random.fold_in(exp.sample_key, step), params)
+  samples, _ = exp.generate(jax.random.fold_in(exp.sample_key, step), params, n)
   images = np.clip(np.asarray(exp.inverse_scaler(samples)), 0.0, 1.0)
   if jax.process_index() == 0:
     path = os.path.join(workdir, "samples", f"iter_{step}.png")
@@ -255,26 +283,29 @@ def _test_bpd(exp: Experiment, params, key) -> float:
   return float(np.mean(np.concatenate(values)))
 
 
-def _sample_rounds(exp: Experiment, params, key, out_dir: str) -> np.ndarray:
+def _sample_rounds(exp: Experiment, params, key, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
   """config.eval.num_samples samples in rounds of eval.batch_size, one .npz shard per round.
 
-  A shard already on disk is kept, so an interrupted evaluation resumes where it stopped.
+  Returns uint8 samples [n, H, W, C] and their class labels [n] (-1 when unguided). A shard already
+  on disk is kept, so an interrupted evaluation resumes where it stopped.
   """
   config = exp.config
   n, b = config.eval.num_samples, config.eval.batch_size
-  sampler = exp.sampler(b)
-  shards = []
+  shards, shard_labels = [], []
   bar = logging_utils.ProgressBar(total=-(-n // b), desc="sampling")
   for r in range(-(-n // b)):
     path = os.path.join(out_dir, f"samples_{r}.npz")
     if not os.path.exists(path):
-      x, _ = sampler(jax.random.fold_in(key, r), params)
+      x, labels = exp.generate(jax.random.fold_in(key, r), params, b, offset=r * b)
       images = np.clip(np.asarray(exp.inverse_scaler(x)), 0.0, 1.0)
-      _atomic_npz(path, samples=np.round(images * 255).astype(np.uint8))
-    shards.append(np.load(path)["samples"])
+      labels = np.full((b,), datasets.NO_LABEL, np.int32) if labels is None else labels
+      _atomic_npz(path, samples=np.round(images * 255).astype(np.uint8), labels=labels)
+    with np.load(path) as shard:
+      shards.append(shard["samples"])
+      shard_labels.append(shard["labels"])
     bar.update(1)
   bar.close()
-  return np.concatenate(shards)[:n]
+  return np.concatenate(shards)[:n], np.concatenate(shard_labels)[:n]
 
 
 # --- Inception reference statistics (FID, KID, IS) -------------------------------------------
@@ -454,10 +485,12 @@ def _inception_reference(config, workdir: str, inception_weights) -> _InceptionR
   return _InceptionReference(weights, stats, pool3)
 
 
-def _sample_metrics(config, samples: np.ndarray, inception: _InceptionReference | None = None) -> dict:
+def _sample_metrics(config, samples: np.ndarray, inception: _InceptionReference | None = None,
+                    labels: np.ndarray | None = None) -> dict:
   """Sample quality of uint8 samples [N, H, W, C]: FID, IS (and KID, precision/recall when reference
   features exist) if Inception weights are given; for the built-in digits also the offline Fréchet
-  Digits Distance to the test split."""
+  Digits Distance to the test split and, for class-guided samples (labels >= 0), the fraction the
+  project's digits classifier assigns to the requested class."""
   metrics = {}
   if inception is not None:
     results = sample_quality.evaluate_inception_metrics(
@@ -472,6 +505,12 @@ def _sample_metrics(config, samples: np.ndarray, inception: _InceptionReference 
     _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(config.data.image_size))
     result = dc.frechet_digits_distance(samples, x_test, classifier, seed=config.seed)
     metrics["fdd"] = result.as_dict()
+    if labels is not None and np.all(labels >= 0):
+      predicted = np.argmax(dc.classify_and_embed(samples, classifier)[0], axis=-1)
+      metrics["class_accuracy"] = {"value": float(np.mean(predicted == labels)),
+                                   "num_samples": int(len(labels)),
+                                   "guidance": config.sampling.guidance,
+                                   "guidance_scale": float(config.sampling.guidance_scale)}
   return metrics
 
 
@@ -485,6 +524,8 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", inception_weights=
   """
   inception = _inception_reference(config, workdir, inception_weights)
   exp = Experiment(config)
+  if config.eval.enable_sampling and config.sampling.guidance == "classifier":
+    exp.load_classifier(workdir)
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
   meta_path = os.path.join(eval_dir, "meta.json")
@@ -509,11 +550,11 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", inception_weights=
     if config.eval.enable_sampling:
       out_dir = os.path.join(eval_dir, f"ckpt_{ckpt}")
       os.makedirs(out_dir, exist_ok=True)
-      samples = _sample_rounds(exp, params, jax.random.fold_in(key, 2), out_dir)
+      samples, labels = _sample_rounds(exp, params, jax.random.fold_in(key, 2), out_dir)
       if jax.process_index() == 0:
         logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
                                       os.path.join(out_dir, "samples.png"))
-      report.update(_sample_metrics(config, samples, inception))
+      report.update(_sample_metrics(config, samples, inception, labels))
     if jax.process_index() == 0:
       _atomic_json(os.path.join(eval_dir, f"report_{step}.json"), report)
       done.append(step)
@@ -535,12 +576,18 @@ def _latest_params(exp: Experiment, workdir: str):
 
 
 def sample(config, workdir: str) -> str:
-  """Writes eval.num_samples samples of the newest checkpoint to workdir/samples/final_<step>."""
+  """Writes eval.num_samples samples of the newest checkpoint to workdir/samples/final_<step>.
+
+  Class-guided when ``config.sampling.guidance`` is 'cfg' or 'classifier' (labels cycle through the
+  classes unless ``sampling.class_label`` picks one; each shard stores its 'labels').
+  """
   exp = Experiment(config)
   step, params = _latest_params(exp, workdir)
+  if config.sampling.guidance == "classifier":
+    exp.load_classifier(workdir)
   out_dir = os.path.join(workdir, "samples", f"final_{step}")
   os.makedirs(out_dir, exist_ok=True)
-  samples = _sample_rounds(exp, params, jax.random.fold_in(exp.sample_key, step), out_dir)
+  samples, _ = _sample_rounds(exp, params, jax.random.fold_in(exp.sample_key, step), out_dir)
   path = os.path.join(out_dir, "samples.png")
   logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0, path)
   log.info("Wrote %d samples and %s", len(samples), path)
@@ -690,3 +737,119 @@ def colorize(config, workdir: str, input_path: str) -> str:
   path = _write_results(out_dir, files, [gray, results, images])
   log.info("Colorized %d images into %s", len(files), out_dir)
   return path
+
+
+# --- the noise-conditional classifier of classifier guidance ---------------------------------
+
+def _classifier_optimizer(config):
+  c = config.classifier
+  return optim.get_optimizer(lr=c.lr, warmup=c.warmup, grad_clip=1.0)
+
+
+def _abstract_classifier_state(exp: Experiment):
+  optimizer = _classifier_optimizer(exp.config)
+  shape = config_utils.image_shape(exp.config, 1)
+  init = lambda: classifier_training.init_classifier_state(jax.random.PRNGKey(0),
+                                                           exp.classifier_module, optimizer, shape)
+  return checkpointing.abstract_like(jax.eval_shape(init))
+
+
+def load_classifier_params(exp: Experiment, workdir: str):
+  """(step, params) of the newest classifier checkpoint in ``workdir/classifier``."""
+  ckpts = checkpointing.TrainCheckpoints(os.path.join(workdir, "classifier"), read_only=True)
+  state = ckpts.restore_latest(_abstract_classifier_state(exp))
+  ckpts.close()
+  if state is None:
+    raise FileNotFoundError(f"No classifier checkpoint in {workdir}/classifier; train one with "
+                            "--mode train_classifier (config.classifier sets its size).")
+  return int(state.step), jax.device_put(state.params, exp.replicated)
+
+
+def _classifier_test_accuracy(exp, loss_fn, params, key, times) -> dict:
+  """Test-split accuracy of the classifier at fixed diffusion times (one noise draw per image)."""
+  config = exp.config
+  correct = {t: 0.0 for t in times}
+  count = 0
+  with datasets.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
+                            evaluation=True, drop_remainder=False) as it:
+    for i, batch in enumerate(it):
+      images = jnp.asarray(exp.scaler(batch["image"]))
+      labels = check_class_labels(config, batch["label"], config.classifier.num_classes,
+                                  "config.classifier.num_classes")
+      mask = batch["mask"]
+      for t in times:
+        _, aux = loss_fn(params, jax.random.fold_in(key, i), images, jnp.asarray(labels),
+                         jnp.full((len(labels),), t, images.dtype))
+        correct[t] += float(np.asarray(aux["correct"])[mask].sum())
+      count += int(mask.sum())
+  return {f"accuracy_t{t:g}": correct[t] / count for t in times}
+
+
+CLASSIFIER_EVAL_TIMES = (0.05, 0.25, 0.5)
+
+
+def train_classifier(config, workdir: str):
+  """Trains the noise-conditional classifier p_t(y | x) into ``workdir/classifier`` (or resumes).
+
+  Minibatches of the training split with their labels; noise levels t ~ U(eps, T) of the config's
+  SDE. Logs loss and accuracy, and every classifier.eval_freq steps the test accuracy at t in
+  CLASSIFIER_EVAL_TIMES, to TensorBoard and workdir/classifier/accuracy_<step>.json.
+  """
+  c = config.classifier
+  distributed.check_batch_size(c.batch_size)
+  exp = Experiment(config)
+  out_dir = os.path.join(workdir, "classifier")
+  os.makedirs(out_dir, exist_ok=True)
+  writer = logging_utils.MetricWriter(os.path.join(out_dir, "tensorboard"))
+  ckpts = checkpointing.TrainCheckpoints(out_dir)
+  optimizer = _classifier_optimizer(config)
+  shape = config_utils.image_shape(config, 1)
+  classifier_key, eval_key = jax.random.split(jax.random.fold_in(exp.root_key, 7))
+  init = jax.jit(lambda k: classifier_training.init_classifier_state(
+      k, exp.classifier_module, optimizer, shape), out_shardings=exp.replicated)
+  state = ckpts.restore_latest(_abstract_classifier_state(exp)) or init(classifier_key)
+  step = int(state.step)
+  classifier_fn = classifier_training.get_classifier_fn(exp.classifier_module)
+  eps = config_utils.sampling_eps(config)
+  loss_fn = classifier_training.noisy_classifier_loss_fn(exp.sde, classifier_fn, eps)
+  eval_loss_fn = jax.jit(functools.partial(classifier_training.noisy_classifier_loss_at, exp.sde,
+                                           classifier_fn))
+  batch_sharding = distributed.batch_sharding(exp.mesh, 0)
+  train_step = jax.jit(classifier_training.make_classifier_step(loss_fn, optimizer),
+                       in_shardings=(exp.replicated, batch_sharding, batch_sharding, exp.replicated),
+                       out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
+  data = datasets.get_dataset(config, split="train", batch_size=c.batch_size,
+                              shuffle_seed=config.seed + 7, start_step=step)
+  bar = logging_utils.ProgressBar(total=c.n_iters, initial=step, desc="classifier")
+  report = {}
+  try:
+    while step < c.n_iters:
+      batch = next(data)
+      labels = check_class_labels(config, batch["label"], c.num_classes,
+                                  "config.classifier.num_classes")
+      state, metrics = train_step(state, exp.to_global(exp.scaler(batch["image"])),
+                                  exp.to_global(labels), classifier_key)
+      step += 1
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(f"Classifier loss became {loss} at step {step}; lower "
+                                 f"config.classifier.lr. Checkpoints in {out_dir} are kept.")
+      bar.update(1, loss=loss)
+      if step % c.log_freq == 0 or step == c.n_iters:
+        writer.scalars(step, {"classifier_loss": loss, "classifier_accuracy": float(metrics["accuracy"])})
+      if step % c.eval_freq == 0 or step == c.n_iters:
+        report = _classifier_test_accuracy(exp, eval_loss_fn, state.params,
+                                           jax.random.fold_in(eval_key, step), CLASSIFIER_EVAL_TIMES)
+        writer.scalars(step, report)
+        log.info("classifier step %d: %s", step, report)
+        if jax.process_index() == 0:
+          _atomic_json(os.path.join(out_dir, f"accuracy_{step}.json"), {"step": step, **report})
+      if step % c.snapshot_freq == 0 or step == c.n_iters:
+        ckpts.save(step, state, snapshot=True)
+  finally:
+    bar.close()
+    ckpts.wait_until_finished()
+    ckpts.close()
+    writer.close()
+    data.close()
+  return state, report
