@@ -485,7 +485,7 @@ def _inception_reference(config, workdir: str, inception_weights) -> _InceptionR
   return _InceptionReference(weights, stats, pool3)
 
 
-def _sample_metrics(config, samples: np.ndarray, inception: _InceptionReference | None = None,
+def sample_metrics(config, samples: np.ndarray, inception: _InceptionReference | None = None,
                     labels: np.ndarray | None = None) -> dict:
   """Sample quality of uint8 samples [N, H, W, C]: FID, IS (and KID, precision/recall when reference
   features exist) if Inception weights are given; for the built-in digits also the offline Fréchet
@@ -554,7 +554,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", inception_weights=
       if jax.process_index() == 0:
         logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
                                       os.path.join(out_dir, "samples.png"))
-      report.update(_sample_metrics(config, samples, inception, labels))
+      report.update(sample_metrics(config, samples, inception, labels))
     if jax.process_index() == 0:
       _atomic_json(os.path.join(eval_dir, f"report_{step}.json"), report)
       done.append(step)
@@ -565,7 +565,8 @@ def evaluate(config, workdir: str, eval_folder: str = "eval", inception_weights=
   return reports
 
 
-def _latest_params(exp: Experiment, workdir: str):
+def latest_params(exp: Experiment, workdir: str):
+  """(step, EMA params) of the newest checkpoint in ``workdir``."""
   ckpts = checkpointing.TrainCheckpoints(workdir, read_only=True)
   state = ckpts.restore_latest(exp.abstract_state())
   ckpts.close()
@@ -582,7 +583,7 @@ def sample(config, workdir: str) -> str:
   classes unless ``sampling.class_label`` picks one; each shard stores its 'labels').
   """
   exp = Experiment(config)
-  step, params = _latest_params(exp, workdir)
+  step, params = latest_params(exp, workdir)
   if config.sampling.guidance == "classifier":
     exp.load_classifier(workdir)
   out_dir = os.path.join(workdir, "samples", f"final_{step}")
@@ -597,7 +598,7 @@ def sample(config, workdir: str) -> str:
 def likelihood(config, workdir: str) -> float:
   """Bits/dim of the newest checkpoint on the test split; written to workdir/likelihood_<step>.json."""
   exp = Experiment(config)
-  step, params = _latest_params(exp, workdir)
+  step, params = latest_params(exp, workdir)
   bpd = _test_bpd(exp, params, jax.random.fold_in(exp.eval_key, step))
   _atomic_json(os.path.join(workdir, f"likelihood_{step}.json"), {"step": step, "bpd": bpd})
   log.info("bits/dim at step %d: %.4f", step, bpd)
@@ -676,7 +677,7 @@ def _controllable_setup(config, workdir: str):
   from score_sde import sde as sde_module
 
   exp = Experiment(config)
-  step, params = _latest_params(exp, workdir)
+  step, params = latest_params(exp, workdir)
   continuous = config.training.continuous
   score_of = lambda p: sde_module.get_score_fn(exp.sde, exp.model_fn, p, continuous=continuous)
   return exp, step, params, score_of

@@ -187,6 +187,6 @@ def test_without_weights_inception_metrics_are_skipped_with_a_hint(workdir, weig
   for needed in (ci.INCEPTION_WEIGHTS_FILENAME, ci.INCEPTION_WEIGHTS_URL, "--inception_weights",
                  ci.INCEPTION_WEIGHTS_ENV):
     assert needed in hints[0]
-  assert run_lib._sample_metrics(config, np.zeros((2, 8, 8, 1), np.uint8)) == {}
+  assert run_lib.sample_metrics(config, np.zeros((2, 8, 8, 1), np.uint8)) == {}
   config.eval.enable_sampling = False  # no samples to score: weights are not even loaded
   assert run_lib._inception_reference(config, workdir, weights) is None
