@@ -7,7 +7,8 @@
 The main job's model and schedule (configs/digits/ddpmpp_vp_small.py) with a class embedding
 (10 digits + the null class), labels dropped to the null class with probability 0.1 during
 training, and guided sampling (weight w = guidance_scale; w = 0 is the plain conditional model).
-Expected: about 12 minutes of training on 2 CPU cores, then digits of the requested classes; eval
+Expected: about 15 minutes of training on 2 CPU cores (measured beside another run), then digits
+of the requested classes (class accuracy 0.84 at w = 0, 0.99 at w = 1); eval
 reports `class_accuracy`, the fraction of samples the project's digits classifier assigns to the
 requested class (measured values per guidance weight in docs/controllable.md).
 """
