@@ -679,7 +679,9 @@ def _controllable_setup(config, workdir: str):
   exp = Experiment(config)
   step, params = latest_params(exp, workdir)
   continuous = config.training.continuous
-  score_of = lambda p: sde_module.get_score_fn(exp.sde, exp.model_fn, p, continuous=continuous)
+  # Unguided: a class-conditional network fills in with its null class.
+  score_of = lambda p: sde_module.get_score_fn(exp.sde, exp.unconditional_model_fn, p,
+                                               continuous=continuous)
   return exp, step, params, score_of
 
 

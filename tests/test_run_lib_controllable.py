@@ -56,6 +56,18 @@ def test_inpaint_keeps_observed_pixels_for_builtin_and_file_masks(tmp_path):
   np.testing.assert_array_equal(result[::2], inputs[1][::2])
 
 
+def test_inpaint_with_a_class_conditional_checkpoint_uses_the_null_class(tmp_path):
+  config = tiny_config()
+  config.model.num_classes = 10
+  config.model.num_scales = 10
+  workdir = str(tmp_path / "work")
+  _checkpointed(config, workdir)
+  inputs = _write_inputs(str(tmp_path / "in"), (8, 8, 1), n=2)[..., 0]
+  path = run_lib.inpaint(config, workdir, str(tmp_path / "in"), "top")
+  result = _read(os.path.join(os.path.dirname(path), "im0.png"))
+  np.testing.assert_array_equal(result[4:], inputs[0][4:])
+
+
 def test_colorize_keeps_the_gray_image(tmp_path):
   config = tiny_config()
   config.data.num_channels = 3
