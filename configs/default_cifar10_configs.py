@@ -75,6 +75,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.embedding_type = "fourier"
   model.num_classes = 0  # > 0: class-conditional score network (a null class for CFG)
+  # EMA decay min(ema_rate, (1 + n)/(10 + n)) after n updates, as the PyTorch reference; False gives
+  # the JAX reference's constant ema_rate (bit-compatible with its runs).
+  model.ema_warmup = True
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

@@ -151,7 +151,8 @@ def train(config, workdir: str) -> training.TrainState:
   k = cfg.n_jitted_steps
   train_loss = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=True)
   train_step = jax.jit(
-      training.make_train_step(train_loss, exp.optimizer, config.model.ema_rate),
+      training.make_train_step(train_loss, exp.optimizer, config.model.ema_rate,
+                               config.model.ema_warmup),
       in_shardings=(exp.replicated, distributed.batch_sharding(exp.mesh, 1), exp.replicated),
       out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
   eval_loss = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=False)

@@ -134,7 +134,7 @@ REQUIRED_FIELDS = {
                  path=OPTIONAL_STR, tfds_name=OPTIONAL_STR, data_dir=OPTIONAL_STR),
     "model": dict(name=STR, sigma_min=FLOAT, sigma_max=FLOAT, num_scales=INT, beta_min=FLOAT,
                   beta_max=FLOAT, dropout=FLOAT, embedding_type=STR, scale_by_sigma=BOOL,
-                  ema_rate=FLOAT, normalization=STR, nonlinearity=STR, nf=INT, num_classes=INT),
+                  ema_rate=FLOAT, ema_warmup=BOOL, normalization=STR, nonlinearity=STR, nf=INT, num_classes=INT),
     "classifier": dict(depth=INT, widen_factor=INT, num_classes=INT, n_iters=INT, batch_size=INT,
                        lr=FLOAT, warmup=INT, log_freq=INT, eval_freq=INT, snapshot_freq=INT),
     "optim": dict(weight_decay=FLOAT, optimizer=STR, lr=FLOAT, beta1=FLOAT, eps=FLOAT, warmup=INT,
