@@ -29,6 +29,6 @@ setup(
         "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         "torch": ["torch>=2.0"],
     },
-    entry_points={"console_scripts": ["score-sde=score_sde.cli:main",
-                                      "score-sde-convert=score_sde.convert:convert_main"]},
+    entry_points={"console_scripts": ["score-sde=score_sde.experiment.cli:main",
+                                      "score-sde-convert=score_sde.io.convert:convert_main"]},
 )

@@ -172,9 +172,9 @@ def _load_pytorch_ncsnpp(ref_path: str, config):
 
 def check_pytorch_outputs(ref_path: str, config) -> float:
   """Max |ours - reference| of the score on the same input, after converting the reference's
-  (randomly perturbed) weights with score_sde.convert; validates mapping and architecture."""
+  (randomly perturbed) weights with score_sde.io.convert; validates mapping and architecture."""
   import torch  # pylint: disable=import-outside-toplevel
-  from score_sde import convert  # pylint: disable=import-outside-toplevel
+  from score_sde.io import convert  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   ref = _load_pytorch_ncsnpp(ref_path, config).eval()
   with torch.no_grad():

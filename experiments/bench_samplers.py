@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from score_sde import likelihood, sampling
-from score_sde import sde as sde_lib
+from score_sde.samplers import likelihood, sampling
+from score_sde.diffusion import sde as sde_lib
 
 
 def init_mlp(key, dim: int, hidden: int, n_fourier: int = 64):

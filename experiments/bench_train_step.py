@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde import config_utils, run_lib, training
+from score_sde.experiment import config_utils, run_lib, training
 
 
 def _load_config(path):

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from configs.digits import ddpmpp_vp_cfg, ddpmpp_vp_small
-from score_sde import logging_utils, run_lib
+from score_sde.io import logging_utils
+from score_sde.experiment import run_lib
 from score_sde.metrics import digits_classifier as dc
 
 

@@ -17,8 +17,9 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from score_sde import controllable, toy  # noqa: E402
-from score_sde import sde as sde_lib  # noqa: E402
+from score_sde.samplers import controllable
+from score_sde.diffusion import toy  # noqa: E402
+from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
 SAMPLERS = {
     "predictor only (reverse diffusion)": dict(corrector="none"),

@@ -15,8 +15,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde import interpolation, toy  # noqa: E402
-from score_sde import sde as sde_lib  # noqa: E402
+from score_sde.samplers import interpolation
+from score_sde.diffusion import toy  # noqa: E402
+from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
 
 def main():

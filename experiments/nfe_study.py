@@ -7,7 +7,7 @@ Targets: a 2-D ring of 8 narrow Gaussians and a 16-D mixture of 8 Gaussians, dif
 whose exact scores (``toy.GaussianMixture``) stand in for a perfectly trained network. Error: the
 MMD (three RBF bandwidths) between the samples and as many fresh true samples, averaged over
 ``--seeds`` seeds; the same distance between two true sample sets is the noise floor. Writes docs/figures/nfe_study.png and the table between the markers in
-docs/beyond.md. The PC samplers and the adaptive ODE sampler come from ``score_sde.sampling``.
+docs/beyond.md. The PC samplers and the adaptive ODE sampler come from ``score_sde.samplers.sampling``.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from flax import struct
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde import adaptive_sde, ddim, dpm_solver, edm, sampling, toy  # noqa: E402
-from score_sde import sde as sde_lib  # noqa: E402
+from score_sde.samplers import adaptive_sde, ddim, dpm_solver, edm, sampling
+from score_sde.diffusion import toy  # noqa: E402
+from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
 EPS = 1e-3

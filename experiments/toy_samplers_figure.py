@@ -13,8 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde import sampling, toy  # noqa: E402
-from score_sde import sde as sde_lib  # noqa: E402
+from score_sde.samplers import sampling
+from score_sde.diffusion import toy  # noqa: E402
+from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
 
 def panels(n: int, steps: int):

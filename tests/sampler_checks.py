@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import sampling
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.samplers import sampling
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 WEIGHTS = np.array([0.3, 0.7])
 MEANS = np.array([[-2.0, 0.0], [1.5, 1.0]])  # 7 component std apart: responsibilities are ~0/1

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import adaptive_sde, edm
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.samplers import adaptive_sde, edm
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 MU = np.array([1.0, -0.5])
 SIGMA = np.array([[0.5, 0.2], [0.2, 0.3]])

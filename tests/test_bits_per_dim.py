@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import likelihood
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.samplers import likelihood
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 EPS = 1e-5
 

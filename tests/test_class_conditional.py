@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import classifier_training, losses, toy, training
-from score_sde import sde as sde_lib
+from score_sde.experiment import classifier_training, training
+from score_sde.diffusion import losses, toy
+from score_sde.diffusion import sde as sde_lib
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
 

@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
-from score_sde import datasets
+from score_sde.io import datasets
 
 # ml_collections' config loader uses importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings(

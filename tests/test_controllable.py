@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import controllable, sampling
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.samplers import controllable, sampling
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 N_STEPS = 500
 VP = dict(beta_min=0.1, beta_max=20.0, N=N_STEPS)

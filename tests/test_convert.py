@@ -1,7 +1,7 @@
 """Checkpoint import: synthetic score_sde_pytorch / score_sde (Flax) checkpoints of tiny models.
 
 The expected PyTorch module lists below are written out by hand from the reference's constructor
-(score_sde_pytorch models/ncsnpp.py and ddpm.py), independently of score_sde.convert.
+(score_sde_pytorch models/ncsnpp.py and ddpm.py), independently of score_sde.io.convert.
 """
 import collections
 import os
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_sde import convert
+from score_sde.io import convert
 from score_sde.models import get_model
 
 
@@ -286,7 +286,8 @@ def test_torch_zip_reader_and_cli(tmp_path):
       "def get_config():\n  return experiment_config()\n" % os.path.dirname(__file__))
   out = convert.convert_main(["--config", str(config_file), "--source", pth,
                               "--out", str(tmp_path / "orbax")])
-  from score_sde import checkpointing, run_lib  # pylint: disable=import-outside-toplevel
+  from score_sde.io import checkpointing
+  from score_sde.experiment import run_lib  # pylint: disable=import-outside-toplevel
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
   restored = ckpts.restore_latest(run_lib.Experiment(experiment_config()).abstract_state())
   for key, (path, value) in where.items():

@@ -1,4 +1,4 @@
-"""Tests of the host-side input pipelines (score_sde.datasets)."""
+"""Tests of the host-side input pipelines (score_sde.io.datasets)."""
 import os
 
 import ml_collections
@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from score_sde import datasets
+from score_sde.io import datasets
 
 
 def make_config(dataset="digits", image_size=16, num_channels=1, random_flip=False,

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from score_sde import training
+from score_sde.experiment import training
 
 jax.config.update("jax_enable_x64", True)
 

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import interpolation
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.samplers import interpolation
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 
 def test_slerp_endpoints_norm_and_angle(x64):

@@ -1,4 +1,4 @@
-"""Tests of TensorBoard writing/reading, PNG grids and progress bars (score_sde.logging_utils)."""
+"""Tests of TensorBoard writing/reading, PNG grids and progress bars (score_sde.io.logging_utils)."""
 import glob
 import io
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from score_sde import logging_utils
+from score_sde.io import logging_utils
 
 
 def random_uint8_images(shape, seed=0):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from score_sde import losses
-from score_sde import sde as sde_lib
+from score_sde.diffusion import losses
+from score_sde.diffusion import sde as sde_lib
 
 MU = np.array([1.0, -1.0, 0.5])
 VAR = np.array([0.5, 1.0, 2.0])

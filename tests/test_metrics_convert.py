@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from score_sde.metrics import convert_inception as ci
-from score_sde.metrics import torch_pickle
+from score_sde.io import torch_pickle
 from tests.helpers import torch_save
 
 # ---------------------------------------------------------------------------------------------------

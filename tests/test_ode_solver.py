@@ -6,8 +6,8 @@ import pytest
 from jax.experimental import io_callback
 
 import sampler_checks
-from score_sde import sampling
-from score_sde import sde as sde_lib
+from score_sde.samplers import sampling
+from score_sde.diffusion import sde as sde_lib
 
 
 @pytest.mark.parametrize("method", sorted(sampling.SOLVERS))

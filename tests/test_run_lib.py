@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from score_sde import logging_utils, run_lib
+from score_sde.io import logging_utils
+from score_sde.experiment import run_lib
 from tests.helpers.tiny_config import tiny_config
 
 

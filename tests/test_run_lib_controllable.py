@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from score_sde import checkpointing, run_lib
+from score_sde.io import checkpointing
+from score_sde.experiment import run_lib
 from tests.helpers.tiny_config import tiny_config
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from score_sde import checkpointing, datasets, run_lib
+from score_sde.io import checkpointing, datasets
+from score_sde.experiment import run_lib
 from score_sde.metrics import convert_inception as ci
 from score_sde.metrics import features, fid, inception
 from tests.helpers import torch_save
@@ -180,7 +181,7 @@ def test_without_weights_inception_metrics_are_skipped_with_a_hint(workdir, weig
                                                                   monkeypatch, caplog):
   monkeypatch.delenv(ci.INCEPTION_WEIGHTS_ENV, raising=False)
   config = _eval_config(image_folder, "unused.npz")
-  with caplog.at_level(logging.INFO, logger="score_sde.run_lib"):
+  with caplog.at_level(logging.INFO, logger="score_sde.experiment.run_lib"):
     assert run_lib._inception_reference(config, workdir, None) is None
   hints = [r.getMessage() for r in caplog.records if "FID/KID/IS skipped" in r.getMessage()]
   assert len(hints) == 1

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from score_sde import config_utils, run_lib
+from score_sde.experiment import config_utils, run_lib
 from tests.helpers.tiny_config import tiny_config
 
 

@@ -9,8 +9,8 @@ import pytest
 from jax.tree_util import Partial
 
 import sampler_checks
-from score_sde import sampling
-from score_sde import sde as sde_lib
+from score_sde.samplers import sampling
+from score_sde.diffusion import sde as sde_lib
 
 VE = sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=200)
 VP = sde_lib.VPSDE(N=200)

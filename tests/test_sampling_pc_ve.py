@@ -2,7 +2,7 @@
 import pytest
 
 import sampler_checks
-from score_sde import sde as sde_lib
+from score_sde.diffusion import sde as sde_lib
 
 SDE = sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0, N=sampler_checks.N_STEPS)
 

@@ -2,7 +2,7 @@
 import pytest
 
 import sampler_checks
-from score_sde import sde as sde_lib
+from score_sde.diffusion import sde as sde_lib
 
 SDE = sde_lib.VPSDE(N=sampler_checks.N_STEPS)
 

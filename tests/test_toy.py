@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from score_sde import sde as sde_lib
-from score_sde import toy
+from score_sde.diffusion import sde as sde_lib
+from score_sde.diffusion import toy
 
 ALL_SDES = [
     pytest.param(sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0), id="ve"),

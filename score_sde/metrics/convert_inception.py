@@ -20,7 +20,8 @@ import os
 import jax
 import numpy as np
 
-from score_sde.metrics import inception, torch_pickle
+from score_sde.io import torch_pickle
+from score_sde.metrics import inception
 
 INCEPTION_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (

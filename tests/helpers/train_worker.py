@@ -12,7 +12,8 @@ import os
 import jax
 import numpy as np
 
-from score_sde import distributed, logging_utils, run_lib
+from score_sde.experiment import distributed, run_lib
+from score_sde.io import logging_utils
 from tests.helpers.tiny_config import tiny_config
 
 

@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from score_sde import correctors as correctors_lib
-from score_sde import predictors as predictors_lib
-from score_sde.sde import SDE, VESDE, ScoreFn, batch_broadcast
+from score_sde.samplers import correctors as correctors_lib
+from score_sde.samplers import predictors as predictors_lib
+from score_sde.diffusion.sde import SDE, VESDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
 # (keys [B], x, x_mean, t [B]) -> (x, x_mean): a projection applied by ``sample_pc`` after each update.

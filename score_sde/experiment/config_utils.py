@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from score_sde import losses, optim
-from score_sde import sde as sde_lib
+from score_sde.diffusion import losses
+from score_sde.experiment import optim
+from score_sde.diffusion import sde as sde_lib
 
 
 def check_choice(value: Any, choices: Iterable, field: str) -> None:
@@ -68,13 +69,13 @@ def pc_options(config) -> dict:
 
 
 def _pc_sampler(config, sde, score_fn, shape, key):
-  from score_sde import sampling
+  from score_sde.samplers import sampling
 
   return sampling.sample_pc(key, score_fn, sde, shape, **pc_options(config))
 
 
 def _ode_sampler(config, sde, score_fn, shape, key):
-  from score_sde import sampling
+  from score_sde.samplers import sampling
 
   s = config.sampling
   return sampling.sample_ode(key, score_fn, sde, shape, rtol=s.get("rtol", 1e-5),
@@ -129,8 +130,9 @@ def sampling_score_fn(config, sde, model_fn, params, labels=None, classifier_log
   the unguided score is the null class's). ``classifier_logits_fn(x_in, sigma)`` is needed for
   ``sampling.guidance='classifier'``.
   """
-  from score_sde import controllable, training
-  from score_sde import sde as sde_module
+  from score_sde.samplers import controllable
+  from score_sde.experiment import training
+  from score_sde.diffusion import sde as sde_module
 
   guidance = config.sampling.guidance
   check_choice(guidance, GUIDANCE, "config.sampling.guidance")

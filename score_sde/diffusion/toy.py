@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from score_sde.sde import SDE, ScoreFn
+from score_sde.diffusion.sde import SDE, ScoreFn
 
 Array = jax.Array
 

@@ -18,8 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from score_sde import sampling
-from score_sde.sde import SDE, ScoreFn
+from score_sde.samplers import sampling
+from score_sde.diffusion.sde import SDE, ScoreFn
 
 Array = jax.Array
 

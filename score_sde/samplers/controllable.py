@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from score_sde import sampling
-from score_sde.predictors import per_sample_normal
-from score_sde.sde import SDE, ScoreFn, batch_broadcast
+from score_sde.samplers import sampling
+from score_sde.samplers.predictors import per_sample_normal
+from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
 # (x_in [B, ...], sigma [B]) -> class logits [B, K]: a noise-conditional classifier.

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import checkpointing, config_utils, datasets, distributed, logging_utils, training
-from score_sde import classifier_training, models, optim
+from score_sde.io import checkpointing, datasets, logging_utils
+from score_sde.experiment import config_utils, distributed, training
+from score_sde.experiment import classifier_training, optim
+from score_sde import models
 from score_sde.models import classifier as classifier_lib
 from score_sde.metrics import convert_inception, fid
 from score_sde.metrics import evaluate as sample_quality
@@ -262,7 +264,8 @@ def _test_loss(exp: Experiment, params, key) -> float:
 
 def _test_bpd(exp: Experiment, params, key) -> float:
   """Bits/dim of the test split with uniform dequantization, repeated eval.bpd_num_repeats times."""
-  from score_sde import likelihood, sde as sde_module
+  from score_sde.samplers import likelihood
+  from score_sde.diffusion import sde as sde_module
 
   config = exp.config
   score_fn = sde_module.get_score_fn(exp.sde, exp.unconditional_model_fn, params,
@@ -675,7 +678,7 @@ def _write_results(out_dir: str, files: list[str], rows: list[np.ndarray]) -> st
 
 
 def _controllable_setup(config, workdir: str):
-  from score_sde import sde as sde_module
+  from score_sde.diffusion import sde as sde_module
 
   exp = Experiment(config)
   step, params = latest_params(exp, workdir)
@@ -692,7 +695,7 @@ def inpaint(config, workdir: str, input_path: str, mask: str) -> str:
   Writes workdir/inpainting/<mask name>_<step>/<file>.png and grid.png (rows: masked input,
   result, input). Sampler options come from config.sampling (PC fields).
   """
-  from score_sde import controllable
+  from score_sde.samplers import controllable
 
   exp, step, params, score_of = _controllable_setup(config, workdir)
   files, images = _read_inputs(config, input_path, config.data.num_channels)
@@ -719,7 +722,7 @@ def colorize(config, workdir: str, input_path: str) -> str:
   Colour inputs are turned to gray (channel mean) first. Writes workdir/colorization_<step>/
   <file>.png and grid.png (rows: gray input, result, input).
   """
-  from score_sde import controllable
+  from score_sde.samplers import controllable
 
   if config.data.num_channels != 3:
     raise ValueError(f"Colorization needs a model of colour images (config.data.num_channels=3); "

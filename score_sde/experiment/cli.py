@@ -49,7 +49,7 @@ def _run(argv):
   absl_logging.set_verbosity(absl_logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
   logging.getLogger("score_sde").setLevel(logging.INFO)
-  from score_sde import distributed, run_lib  # after flag parsing: importing jax is slow
+  from score_sde.experiment import distributed, run_lib  # after flag parsing: importing jax is slow
 
   distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                            FLAGS.process_id)

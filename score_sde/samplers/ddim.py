@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import edm
-from score_sde.sde import SDE
+from score_sde.samplers import edm
+from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
 

@@ -35,8 +35,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from score_sde import edm
-from score_sde.sde import SDE, batch_broadcast
+from score_sde.samplers import edm
+from score_sde.diffusion.sde import SDE, batch_broadcast
 
 Array = jax.Array
 

@@ -28,8 +28,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from score_sde import edm, sampling
-from score_sde.sde import SDE
+from score_sde.samplers import edm, sampling
+from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
 

@@ -14,8 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde.predictors import per_sample_normal
-from score_sde.sde import SDE, VESDE, ScoreFn, batch_broadcast
+from score_sde.samplers.predictors import per_sample_normal
+from score_sde.diffusion.sde import SDE, VESDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
 Corrector = Callable[..., tuple[Array, Array]]

@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde.sde import SDE, VESDE, VPSDE, ScoreFn, batch_broadcast
+from score_sde.diffusion.sde import SDE, VESDE, VPSDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
 Predictor = Callable[..., tuple[Array, Array]]

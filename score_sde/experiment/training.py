@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from score_sde.losses import LossFn
+from score_sde.diffusion.losses import LossFn
 
 Params = Any
 

@@ -422,7 +422,8 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
   else:
     converted = from_flax_checkpoint(args.source, config)
   converted.setdefault("ema_params", converted["params"])
-  from score_sde import checkpointing, run_lib  # pylint: disable=import-outside-toplevel
+  from score_sde.io import checkpointing
+  from score_sde.experiment import run_lib  # pylint: disable=import-outside-toplevel
 
   exp = run_lib.Experiment(config)
   state = exp.fresh_state()

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from score_sde import controllable
-from score_sde.sde import SDE
+from score_sde.samplers import controllable
+from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
 # (params, x_in [B, ...], sigma [B]) -> logits [B, K]

@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from score_sde.sde import SDE, batch_broadcast, get_score_fn
+from score_sde.diffusion.sde import SDE, batch_broadcast, get_score_fn
 
 # (params, key, batch [B, ...], class_labels [B] or None) -> (loss, aux)
 LossFn = Callable[..., tuple[jax.Array, dict]]

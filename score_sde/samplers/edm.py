@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from flax import struct
 from jax.tree_util import Partial
 
-from score_sde import sampling
-from score_sde.sde import SDE, ScoreFn, batch_broadcast
+from score_sde.samplers import sampling
+from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast
 
 sample_keys = sampling.sample_keys
 

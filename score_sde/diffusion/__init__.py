@@ -1,0 +1,1 @@
+"""The mathematics of diffusion: SDEs, parametrizations, objectives and exact toy oracles."""

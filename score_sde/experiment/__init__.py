@@ -1,0 +1,1 @@
+"""The experiment system: config builders, training loops, evaluation and the CLI."""

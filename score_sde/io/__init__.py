@@ -1,0 +1,1 @@
+"""Input and output: datasets, checkpoints, logging and checkpoint conversion."""

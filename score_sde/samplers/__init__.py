@@ -1,0 +1,1 @@
+"""Samplers, likelihood and guided or constrained generation."""
