@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import dpm_solver, edm
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
@@ -96,7 +97,7 @@ def test_denoiser_input_equals_score_input(x64):
   """A Denoiser and the score it came from give the same samples."""
   sde = sde_lib.VPSDE()
   score_fn = _gaussian().score_fn(sde)
-  denoiser = edm.Denoiser(fn=edm.as_denoiser(score_fn, sde))
+  denoiser = parametrization.Denoiser(fn=parametrization.as_denoiser(score_fn, sde))
   kw = dict(num_steps=8, order=3)
   a, _ = dpm_solver.dpm_solver_sample(jax.random.PRNGKey(2), score_fn, sde, (4, 2), **kw)
   b, _ = dpm_solver.dpm_solver_sample(jax.random.PRNGKey(2), denoiser, sde, (4, 2), **kw)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import edm
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
@@ -33,7 +34,7 @@ def _exact_flow(sde, x_T, t):
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_t_of_sigma_inverts_sigma_of_t(sde, x64):
   t = jnp.linspace(1e-3, 1.0, 11)
-  np.testing.assert_allclose(edm.t_of_sigma(sde, edm.sigma_of_t(sde, t)), t, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(parametrization.t_of_sigma(sde, parametrization.sigma_of_t(sde, t)), t, rtol=1e-12, atol=1e-14)
 
 
 def test_t_of_sigma_matches_closed_form_vp(x64):
@@ -42,7 +43,7 @@ def test_t_of_sigma_matches_closed_form_vp(x64):
   sigma = jnp.array([0.01, 0.3, 2.0, 150.0])
   c = 0.5 * np.log1p(np.asarray(sigma) ** 2)
   a, b = (sde.beta_max - sde.beta_min) / 4, sde.beta_min / 2
-  np.testing.assert_allclose(edm.t_of_sigma(sde, sigma), 2 * c / (b + np.sqrt(b**2 + 4 * a * c)),
+  np.testing.assert_allclose(parametrization.t_of_sigma(sde, sigma), 2 * c / (b + np.sqrt(b**2 + 4 * a * c)),
                              rtol=1e-12)
 
 
@@ -54,11 +55,11 @@ def test_conversions_round_trip_exactly(sde, x64):
   x = jax.random.normal(jax.random.PRNGKey(0), (5, 2))
   t = jnp.linspace(0.05, 0.9, 5)
   m, std = sde.marginal_params(t)
-  denoiser = edm.Denoiser(fn=edm.as_denoiser(score_fn, sde))
-  np.testing.assert_allclose(edm.as_score_fn(denoiser, sde)(x, t), score_fn(x, t), rtol=1e-9)
+  denoiser = parametrization.Denoiser(fn=parametrization.as_denoiser(score_fn, sde))
+  np.testing.assert_allclose(parametrization.as_score_fn(denoiser, sde)(x, t), score_fn(x, t), rtol=1e-9)
   tweedie = (x + std[:, None] ** 2 * score_fn(x, t)) / m[:, None]
-  np.testing.assert_allclose(edm.data_prediction(score_fn, sde)(x, t), tweedie, rtol=1e-12)
-  np.testing.assert_allclose(edm.data_prediction(denoiser, sde)(x, t), tweedie, rtol=1e-9)
+  np.testing.assert_allclose(parametrization.data_prediction(score_fn, sde)(x, t), tweedie, rtol=1e-12)
+  np.testing.assert_allclose(parametrization.data_prediction(denoiser, sde)(x, t), tweedie, rtol=1e-9)
 
 
 def _exact_posterior_mean(x_sigma, sigma):
@@ -77,18 +78,18 @@ def test_preconditioned_exact_network_gives_exact_score(sde, x64):
   def ideal_network(params, x_in, c_noise, train, rng):
     del params, train, rng
     sigma = jnp.exp(4.0 * c_noise)
-    c_skip, c_out, c_in, _ = edm.preconditioning(sigma, sigma_data)
+    c_skip, c_out, c_in, _ = parametrization.preconditioning(sigma, sigma_data)
     x_sigma = x_in / c_in[:, None]
     d_exact = jnp.asarray(MU) + jnp.linalg.solve(
         jnp.asarray(SIGMA) + sigma[:, None, None] ** 2 * jnp.eye(2), (x_sigma - MU)[..., None])[..., 0] @ SIGMA.T
     return (d_exact - c_skip[:, None] * x_sigma) / c_out[:, None]
 
-  denoiser = edm.get_denoiser(ideal_network, None, sigma_data=sigma_data)
+  denoiser = parametrization.get_denoiser(ideal_network, None, sigma_data=sigma_data)
   x = 2.0 * jax.random.normal(jax.random.PRNGKey(1), (6, 2))
   t = jnp.linspace(0.02, 1.0, 6)
-  score = edm.as_score_fn(denoiser, sde)(x, t)
+  score = parametrization.as_score_fn(denoiser, sde)(x, t)
   np.testing.assert_allclose(score, _gaussian().marginal_score(sde, x, t), rtol=1e-9, atol=1e-12)
-  sigma = edm.sigma_of_t(sde, t)
+  sigma = parametrization.sigma_of_t(sde, t)
   m = sde.marginal_params(t)[0]
   np.testing.assert_allclose(denoiser(x / m[:, None], sigma),
                              _exact_posterior_mean(x / m[:, None], sigma), rtol=1e-10)

@@ -40,6 +40,8 @@ class SDE:
   N: int
   # Name of the discrete-time loss this SDE supports (see ``losses.py``), or None.
   discrete_loss: ClassVar[Optional[str]] = None
+  # Smallest time of sampling (and of the likelihood solve's default), as the reference.
+  default_eps: ClassVar[float] = 1e-3
 
   # --- schedule -------------------------------------------------------------------------
   def marginal_params(self, t: Array) -> tuple[Array, Array]:
@@ -154,6 +156,7 @@ class VESDE(SDE):
   N: int = struct.field(pytree_node=False, default=1000)
 
   discrete_loss: ClassVar[str] = "smld"
+  default_eps: ClassVar[float] = 1e-5  # smallest sampling time of the reference
 
   @property
   def prior_std(self):  # type: ignore[override]

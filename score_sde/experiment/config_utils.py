@@ -30,8 +30,8 @@ def get_sde(config) -> sde_lib.SDE:
 
 
 def sampling_eps(config) -> float:
-  """Smallest time of sampling: 1e-5 for VE, 1e-3 for VP and sub-VP (REFERENCE.md)."""
-  return 1e-5 if config.training.sde.lower() == "vesde" else 1e-3
+  """Smallest time of sampling: the SDE's ``default_eps`` (1e-5 for VE, 1e-3 for VP and sub-VP)."""
+  return get_sde(config).default_eps
 
 
 def get_optimizer(config):

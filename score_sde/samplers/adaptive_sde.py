@@ -28,13 +28,14 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import edm, sampling
 from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
 
 
-def adaptive_sample(key: Array, model: edm.Model, sde: SDE, shape: Sequence[int], *,
+def adaptive_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *,
                     eps: float = 1e-3, abstol: float = 0.0078, reltol: float = 0.01,
                     safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
                     max_attempts: int = 10_000) -> tuple[Array, dict]:
@@ -67,7 +68,7 @@ def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_i
   dim = x_T[0].size
 
   def solve_one(model_b, key_b, x):
-    reverse = sde.reverse(edm.as_score_fn(model_b, sde))
+    reverse = sde.reverse(parametrization.as_score_fn(model_b, sde))
 
     def coefficients(x, t):  # one sample: reverse drift [...] and g(t) (scalar)
       drift, diffusion = reverse.sde(x[None], jnp.full((1,), t, dtype))

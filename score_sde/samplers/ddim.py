@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import edm
 from score_sde.diffusion.sde import SDE
 
@@ -75,12 +76,12 @@ def ddim_step(x0_fn, sde: SDE, x: Array, t: Array, s: Array, eta, z: Optional[Ar
   return x_s + jnp.sqrt(jnp.maximum(std_s**2 - c**2, 0.0)) * eps_hat + c * z
 
 
-def ddim_sample(key: Array, model: edm.Model, sde: SDE, shape: Sequence[int], *, num_steps: int = 50,
+def ddim_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *, num_steps: int = 50,
                 eta: float = 0.0, timesteps=None, eps: float = 1e-3,
                 denoise: bool = False) -> tuple[Array, dict]:
   """DDIM sampling from x_T ~ prior along ``timesteps`` (default ``uniform_timesteps``).
 
-  ``model`` is a score function or an ``edm.Denoiser``. With ``denoise`` the result is x̂_0 at the
+  ``model`` is a score function or an ``parametrization.Denoiser``. With ``denoise`` the result is x̂_0 at the
   last time (one more evaluation). Returns (x [B, ...], {'nfe'}).
   """
   shape = edm.check_shape(shape)
@@ -97,7 +98,7 @@ def ddim_sample(key: Array, model: edm.Model, sde: SDE, shape: Sequence[int], *,
 @functools.partial(jax.jit, static_argnames=("shape", "stochastic", "denoise"))
 def _ddim_sample(key, model, sde, timesteps, eta, *, shape, stochastic, denoise):
   dtype = edm.default_dtype()
-  x0_fn = edm.data_prediction(model, sde)
+  x0_fn = parametrization.data_prediction(model, sde)
   keys = edm.sample_keys(key, shape[0])
   timesteps = timesteps.astype(dtype)
   x = edm.prior_sample(keys, sde, shape, dtype)
@@ -114,7 +115,7 @@ def _ddim_sample(key, model, sde, timesteps, eta, *, shape, stochastic, denoise)
   return x, n + int(denoise)
 
 
-def ddim_ode(model: edm.Model, sde: SDE, x: Array, timesteps) -> tuple[Array, dict]:
+def ddim_ode(model: parametrization.Model, sde: SDE, x: Array, timesteps) -> tuple[Array, dict]:
   """The η = 0 update along a strictly monotone grid from x at timesteps[0]: decreasing times
   generate, increasing times invert. Returns (x at timesteps[-1], {'nfe'})."""
   timesteps = jnp.asarray(timesteps)
@@ -124,7 +125,7 @@ def ddim_ode(model: edm.Model, sde: SDE, x: Array, timesteps) -> tuple[Array, di
   return x, {"nfe": timesteps.shape[0] - 1}
 
 
-def ddim_invert(model: edm.Model, sde: SDE, x: Array, *, num_steps: int = 50, timesteps=None,
+def ddim_invert(model: parametrization.Model, sde: SDE, x: Array, *, num_steps: int = 50, timesteps=None,
                 eps: float = 1e-3) -> tuple[Array, dict]:
   """DDIM inversion: the η = 0 update run from t = eps up to T, mapping data x [B, ...] to x_T.
 
@@ -139,7 +140,7 @@ def ddim_invert(model: edm.Model, sde: SDE, x: Array, *, num_steps: int = 50, ti
 
 @jax.jit
 def _ddim_ode(model, sde, x, timesteps):
-  x0_fn = edm.data_prediction(model, sde)
+  x0_fn = parametrization.data_prediction(model, sde)
   step = lambda x, ts: (ddim_step(x0_fn, sde, x, ts[0], ts[1], 0.0, None), None)
   x, _ = jax.lax.scan(step, x, (timesteps[:-1], timesteps[1:]))
   return x

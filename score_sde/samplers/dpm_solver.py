@@ -23,7 +23,7 @@ cheaper φ_1 ≈ h φ_0 / 2, also second order.)
     Brownian path at the intermediate points); multistep at any order.
 
 Time grids (``get_timesteps``): uniform in t, uniform in λ (logSNR), or the EDM ρ-schedule in
-σ = e^{-λ}, all mapped back to t with ``edm.t_of_log_snr``. VP, sub-VP and VE are handled alike;
+σ = e^{-λ}, all mapped back to t with ``parametrization.t_of_log_snr``. VP, sub-VP and VE are handled alike;
 for VE α = 1 and λ = -log σ(t).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import edm
 from score_sde.diffusion.sde import SDE, batch_broadcast
 
@@ -66,7 +67,7 @@ def get_timesteps(sde: SDE, num_steps: int, spacing: str = "logsnr", eps: float 
     lam = -jnp.log(edm.karras_sigmas(num_steps + 1, sigma_min, sigma_max, rho))
   else:
     raise ValueError(f"Unknown spacing {spacing!r}; valid choices are {list(SPACINGS)}.")
-  t = edm.t_of_log_snr(sde, lam)
+  t = parametrization.t_of_log_snr(sde, lam)
   return t.at[0].set(T).at[-1].set(eps_arr)  # exact end points
 
 
@@ -111,7 +112,7 @@ class _Update:
 
 
 def _prediction_fn(model, sde: SDE, data: bool):
-  x0_fn = edm.data_prediction(model, sde)
+  x0_fn = parametrization.data_prediction(model, sde)
   if data:
     return x0_fn
 
@@ -122,7 +123,7 @@ def _prediction_fn(model, sde: SDE, data: bool):
   return eps_fn
 
 
-def dpm_solver_sample(key: Array, model: edm.Model, sde: SDE, shape: Sequence[int], *,
+def dpm_solver_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *,
                       num_steps: int = 20, order: int = 2, method: str = "multistep",
                       predict: str = "data", spacing: str = "logsnr", stochastic: bool = False,
                       eps: float = 1e-3, rho: float = 7.0, lower_order_final: bool = True,
@@ -168,7 +169,7 @@ def _singlestep(key, model, sde, timesteps, *, shape, order, data, stochastic, l
   full = lambda t: jnp.full((batch,), t, dtype)
 
   def t_at(s, h, r):
-    return edm.t_of_log_snr(sde, sde.log_snr(s) + r * h)
+    return parametrization.t_of_log_snr(sde, sde.log_snr(s) + r * h)
 
   def step(x, inputs):
     i, s, t = inputs

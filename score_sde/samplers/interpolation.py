@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_sde.samplers import edm, sampling
+from score_sde.diffusion import parametrization
+from score_sde.samplers import sampling
 from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
@@ -43,7 +44,7 @@ def slerp(z0: Array, z1: Array, alpha: Array) -> Array:
 INTERPOLANTS = {"slerp": slerp, "lerp": lerp}
 
 
-def interpolate(model: edm.Model, sde: SDE, x_a: Array, x_b: Array, num_points: int = 9, *,
+def interpolate(model: parametrization.Model, sde: SDE, x_a: Array, x_b: Array, num_points: int = 9, *,
                 method: str = "slerp", rtol: float = 1e-5, atol: float = 1e-5,
                 eps: float = 1e-3) -> tuple[Array, dict]:
   """Decoded interpolation path from x_a to x_b (both [B, ...]): [num_points, B, ...].
@@ -60,7 +61,7 @@ def interpolate(model: edm.Model, sde: SDE, x_a: Array, x_b: Array, num_points: 
   if num_points < 2:
     raise ValueError(f"num_points must be >= 2; got {num_points}.")
   kw = dict(rtol=rtol, atol=atol, eps=eps)
-  score_fn = edm.as_score_fn(model, sde)
+  score_fn = parametrization.as_score_fn(model, sde)
   z, encode_info = sampling.encode(score_fn, sde, jnp.concatenate([x_a, x_b]), **kw)
   z_a, z_b = z[: x_a.shape[0]], z[x_a.shape[0]:]
   alpha = jnp.linspace(0.0, 1.0, num_points, dtype=z.dtype)
