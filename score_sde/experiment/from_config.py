@@ -181,11 +181,6 @@ def get_dataset(config, *, batch_size: int | None = None, evaluation: bool = Fal
 # --- checkpoint conversion -----------------------------------------------------------------------
 
 def conversion_kwargs(config) -> dict:
-  """``model``, ``image_size`` and ``num_channels`` of the io.convert functions for the score
-  network of a config."""
-  name = config.model.name
-  if name not in ("ncsnpp", "ddpm"):
-    raise ValueError(f"No PyTorch/Flax checkpoint conversion for config.model.name={name!r}; "
-                     "valid choices: ['ddpm', 'ncsnpp'].")
+  """``model``, ``image_size`` and ``num_channels``: the io.convert arguments for a config."""
   return dict(model=get_model(config), image_size=config.data.image_size,
               num_channels=config.data.num_channels)

@@ -252,10 +252,9 @@ def _as_numpy(value) -> np.ndarray:
 
 
 def _expected_params(model, image_size: int, num_channels: int) -> Dict:
-  size, channels = image_size, num_channels
+  shape = (1, image_size, image_size, num_channels)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, channels)),
-                         jnp.ones((1,)), train=False))
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.ones((1,)), train=False))
   return shapes["params"]
 
 
