@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_sde.models import get_model
+from score_sde.experiment.from_config import conversion_kwargs, get_model
 
 
 def ncsnpp_config(tiny: bool, fir: bool = True) -> ml_collections.ConfigDict:
@@ -181,7 +181,7 @@ def check_pytorch_outputs(ref_path: str, config) -> float:
     for p in ref.parameters():  # zero-initialised convs would hide mapping errors
       p.add_(0.05 * torch.randn_like(p))
   params = convert.from_pytorch_state_dict(
-      {k: v.numpy() for k, v in ref.state_dict().items()}, config)
+      {k: v.numpy() for k, v in ref.state_dict().items()}, **conversion_kwargs(config))
   size = config.data.image_size
   x = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
   sigma = np.array([0.3, 4.0], np.float32)

@@ -5,6 +5,7 @@ The expected values in the spot checks were read from the reference implementati
 files (yang-song/score_sde, configs/) and its README.
 """
 import ast
+import copy
 import pathlib
 
 import ml_collections
@@ -13,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
+from score_sde.experiment import from_config
 from score_sde.io import datasets
 
 # ml_collections' config loader uses importlib's deprecated load_module(); not ours to fix.
@@ -223,6 +225,22 @@ def test_values_are_sensible(relpath, configs):
     assert config.data.image_size % 2 ** (len(model.ch_mult) - 1) == 0
     resolutions = {config.data.image_size // 2**i for i in range(len(model.ch_mult))}
     assert set(model.attn_resolutions) <= resolutions
+
+
+@pytest.mark.parametrize("relpath", EXPERIMENTS)
+def test_library_objects_build_from_every_config(relpath, configs):
+  """from_config maps every config onto the SDE, score network, classifier and dataset."""
+  config = copy.deepcopy(configs[relpath])
+  if config.data.dataset == "folder":
+    config.data.path = "images"  # the one field the user must give
+  assert type(from_config.get_sde(config)).__name__.lower() == config.training.sde
+  model = from_config.get_model(config)
+  assert (model.nf, model.centered, model.num_scales) == (
+      config.model.nf, config.data.centered, config.model.num_scales)
+  assert from_config.get_classifier(config).num_classes == config.classifier.num_classes
+  spec = from_config.data_spec(config)
+  assert (spec.dataset.lower(), spec.image_size, spec.num_channels) == (
+      config.data.dataset.lower(), config.data.image_size, config.data.num_channels)
 
 
 FAMILY_SDES = {"ve": "vesde", "vp": "vpsde", "subvp": "subvpsde"}

@@ -18,7 +18,7 @@ import pytest
 from flax import serialization
 
 from score_sde.io import convert
-from score_sde.models import get_model
+from score_sde.experiment.from_config import conversion_kwargs, get_model
 
 
 def tiny_config(name="ncsnpp"):
@@ -157,7 +157,7 @@ def test_every_tensor_lands_in_place(name, layout):
       num_params(config))
   if name == "ncsnpp":
     assert num_params(config) == 754_915
-  params = convert.from_pytorch_state_dict(state_dict, config)
+  params = convert.from_pytorch_state_dict(state_dict, **conversion_kwargs(config))
   n_leaves = len(jax.tree_util.tree_leaves(params))
   assert n_leaves == len(where)  # nothing dropped, nothing invented
   for key, (path, value) in where.items():
@@ -169,18 +169,18 @@ def test_unused_and_missing_keys_are_errors():
   state_dict, _ = synthetic_state_dict(NCSNPP_TINY, np.random.default_rng(0), prefix="")
   extra = dict(state_dict, **{"all_modules.4.Conv_9.weight": np.zeros((1,))})
   with pytest.raises(ValueError, match="Conv_9"):
-    convert.from_pytorch_state_dict(extra, config)
+    convert.from_pytorch_state_dict(extra, **conversion_kwargs(config))
   missing = dict(state_dict)
   del missing["all_modules.8.NIN_3.W"]
   with pytest.raises(ValueError, match="missing.*AttnBlockpp_0/NIN_3/W"):
-    convert.from_pytorch_state_dict(missing, config)
+    convert.from_pytorch_state_dict(missing, **conversion_kwargs(config))
   wrong_sigmas = dict(state_dict, sigmas=state_dict["sigmas"] * 2)
   with pytest.raises(ValueError, match="sigma"):
-    convert.from_pytorch_state_dict(wrong_sigmas, config)
+    convert.from_pytorch_state_dict(wrong_sigmas, **conversion_kwargs(config))
   wrong_config = tiny_config()
   wrong_config.model.nf = 16
   with pytest.raises(ValueError, match="shape"):
-    convert.from_pytorch_state_dict(state_dict, wrong_config)
+    convert.from_pytorch_state_dict(state_dict, **conversion_kwargs(wrong_config))
 
 
 def test_checkpoint_with_ema_and_converted_model_runs():
@@ -193,7 +193,7 @@ def test_checkpoint_with_ema_and_converted_model_runs():
   checkpoint = {"model": model_sd, "ema": {"decay": 0.999, "num_updates": 3,
                                            "shadow_params": shadow},
                 "step": 7, "optimizer": {}}
-  out = convert.from_pytorch_checkpoint(checkpoint, config)
+  out = convert.from_pytorch_checkpoint(checkpoint, **conversion_kwargs(config))
   for key, (path, value) in where.items():
     offset = 0.0 if key.endswith("all_modules.0.W") else 1.0
     np.testing.assert_allclose(get_leaf(out["ema_params"], path), value + offset, err_msg=key)
@@ -311,10 +311,10 @@ def test_flax_checkpoint_loader(tmp_path):
            "model_state": {}, "ema_rate": 0.999, "params_ema": ema, "rng": np.zeros(2, np.uint32)}
   path = tmp_path / "checkpoint_5"
   path.write_bytes(serialization.msgpack_serialize(state))
-  out = convert.from_flax_checkpoint(str(path), config)
+  out = convert.from_flax_checkpoint(str(path), **conversion_kwargs(config))
   jax.tree_util.tree_map(np.testing.assert_array_equal, out["params"], params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, out["ema_params"], ema)
   bad = dict(state, params_ema={"Conv_0": ema["Conv_0"]})
   path.write_bytes(serialization.msgpack_serialize(bad))
   with pytest.raises(ValueError, match="missing"):
-    convert.from_flax_checkpoint(str(path), config)
+    convert.from_flax_checkpoint(str(path), **conversion_kwargs(config))

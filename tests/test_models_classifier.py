@@ -1,7 +1,6 @@
 """Tests for the noise-conditional Wide-ResNet classifier (score_sde.models.classifier)."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ def test_reference_parameter_count_and_layout():
   # controllable-generation code builds (models/utils.py create_classifier), initialised
   # under jax.eval_shape with flax 0.12 on a [1, 32, 32, 3] input; sum of leaf sizes.
   # The count includes the 128 frozen Fourier frequencies, which are stored as params.
-  model = classifier.classifier_from_config(ml_collections.ConfigDict())
+  model = classifier.NoiseConditionalWideResNet()
   shapes = param_shapes(model)
   assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes)) == 38_913_242
   # The reference's module names, so its checkpoints restore without renaming.

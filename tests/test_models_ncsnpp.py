@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_sde.models import get_model
+from score_sde.experiment.from_config import get_model
 from score_sde.models.layers import AttnBlockpp, GaussianFourierProjection, ResnetBlockBigGANpp
 from score_sde.models.ncsnpp import NCSNpp, discrete_sigmas
 

@@ -1,7 +1,6 @@
 """Tests for the NCSN / NCSNv2 RefineNet score models (score_sde.models.ncsn)."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -15,14 +14,11 @@ def x64():
   jax.config.update('jax_enable_x64', False)
 
 
-def make_config(image_size, num_scales, nf=128, sigma_max=50., reference='jax', **model):
-  """Reference-style config (field names as in yang-song/score_sde configs/ve/ncsn*)."""
-  config = ml_collections.ConfigDict()
-  config.data = dict(image_size=image_size, centered=False, num_channels=3)
-  config.model = dict(nf=nf, normalization='InstanceNorm++', nonlinearity='elu',
-                      sigma_min=0.01, sigma_max=sigma_max, num_scales=num_scales,
-                      interpolation='bilinear', reference=reference, **model)
-  return ml_collections.ConfigDict(config)
+def fields(image_size, num_scales, nf=128, sigma_max=50., reference='jax'):
+  """Constructor arguments with the values of yang-song/score_sde configs/ve/ncsn*."""
+  return dict(image_size=image_size, reference=reference, nf=nf, normalization='InstanceNorm++',
+              nonlinearity='elu', sigma_min=0.01, sigma_max=sigma_max, num_scales=num_scales,
+              interpolation='bilinear', centered=False)
 
 
 def count_params(model, image_size, channels=3):
@@ -49,13 +45,13 @@ def count_params(model, image_size, channels=3):
 # and for NCSNv2 not on num_scales (NCSN's embedding tables grow with num_scales).
 REFERENCE_COUNTS = [
     # (constructor, image_size, num_scales, reference, parameters)
-    (ncsn.ncsn_from_config, 32, 10, 'jax', 34_428_675),  # configs/ve/ncsn/cifar10.py
-    (ncsn.ncsn_from_config, 32, 10, 'pytorch', 30_117_635),
-    (ncsn.ncsnv2_from_config, 32, 232, 'jax', 33_970_563),  # configs/ve/ncsnv2/cifar10.py
-    (ncsn.ncsnv2_from_config, 32, 232, 'pytorch', 29_694_083),
-    (ncsn.ncsnv2_from_config, 64, 500, 'jax', 33_970_563),  # configs/ve/ncsnv2/celeba.py
-    (ncsn.ncsnv2_from_config, 128, 1086, 'jax', 83_445_379),  # configs/ve/ncsnv2/bedroom.py
-    (ncsn.ncsnv2_from_config, 256, 2000, 'pytorch', 94_132_611),  # 256 px LSUN defaults
+    (ncsn.ncsn, 32, 10, 'jax', 34_428_675),  # configs/ve/ncsn/cifar10.py
+    (ncsn.ncsn, 32, 10, 'pytorch', 30_117_635),
+    (ncsn.ncsnv2, 32, 232, 'jax', 33_970_563),  # configs/ve/ncsnv2/cifar10.py
+    (ncsn.ncsnv2, 32, 232, 'pytorch', 29_694_083),
+    (ncsn.ncsnv2, 64, 500, 'jax', 33_970_563),  # configs/ve/ncsnv2/celeba.py
+    (ncsn.ncsnv2, 128, 1086, 'jax', 83_445_379),  # configs/ve/ncsnv2/bedroom.py
+    (ncsn.ncsnv2, 256, 2000, 'pytorch', 94_132_611),  # 256 px LSUN defaults
 ]
 
 
@@ -63,18 +59,18 @@ REFERENCE_COUNTS = [
                          REFERENCE_COUNTS)
 def test_parameter_count_matches_reference(constructor, image_size, num_scales, reference,
                                            expected):
-  model = constructor(make_config(image_size, num_scales, reference=reference))
+  model = constructor(**fields(image_size, num_scales, reference=reference))
   assert count_params(model, image_size) == expected
 
 
 def test_variant_selected_by_image_size():
-  assert ncsn.ncsnv2_from_config(make_config(32, 10)).stages == ncsn._STAGES_32_64
-  assert ncsn.ncsnv2_from_config(make_config(96, 10)).stages == ncsn._STAGES_128
-  assert ncsn.ncsnv2_from_config(make_config(256, 10)).stages == ncsn._STAGES_256
+  assert ncsn.ncsnv2(**fields(32, 10)).stages == ncsn._STAGES_32_64
+  assert ncsn.ncsnv2(**fields(96, 10)).stages == ncsn._STAGES_128
+  assert ncsn.ncsnv2(**fields(256, 10)).stages == ncsn._STAGES_256
   with pytest.raises(ValueError, match='256 px'):
-    ncsn.ncsnv2_from_config(make_config(512, 10))
+    ncsn.ncsnv2(**fields(512, 10))
   with pytest.raises(ValueError, match='ncsnv2_128 for 96-128 px'):
-    ncsn.ncsnv2_64_from_config(make_config(128, 10))
+    ncsn.ncsnv2_64(**fields(128, 10))
 
 
 def numpy_instance_norm_plus(x, gamma, alpha, beta, ddof):
@@ -182,7 +178,7 @@ def tiny_inputs():
 
 @pytest.mark.parametrize('reference', ['jax', 'pytorch'])
 def test_ncsnv2_output_is_unconditional_net_divided_by_sigma(tiny_inputs, reference):
-  model = ncsn.ncsnv2_from_config(make_config(**TINY, reference=reference))
+  model = ncsn.ncsnv2(**fields(**TINY, reference=reference))
   x = jnp.concatenate([tiny_inputs[:1], tiny_inputs[:1]])  # same image twice
   labels = jnp.array([0, 4])
   params = numpy_params(model, x, labels)
@@ -196,7 +192,7 @@ def test_ncsnv2_output_is_unconditional_net_divided_by_sigma(tiny_inputs, refere
 
 
 def test_ncsn_conditions_on_noise_level(tiny_inputs):
-  model = ncsn.ncsn_from_config(make_config(**TINY))
+  model = ncsn.ncsn(**fields(**TINY))
   x = jnp.concatenate([tiny_inputs[:1], tiny_inputs[:1]])
   labels = jnp.array([1, 3])
   params = numpy_params(model, x, labels)
@@ -213,16 +209,16 @@ def test_ncsn_conditions_on_noise_level(tiny_inputs):
 
 
 def test_rejects_bad_inputs(tiny_inputs):
-  model = ncsn.ncsnv2_from_config(make_config(**TINY))
+  model = ncsn.ncsnv2(**fields(**TINY))
   with pytest.raises(TypeError, match='integer indices'):
     model.init(jax.random.PRNGKey(0), tiny_inputs, jnp.array([0.5, 0.1]))
   with pytest.raises(ValueError, match='divisible by 2'):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 15, 15, 3)), jnp.zeros((1,), jnp.int32))
   with pytest.raises(ValueError, match="valid choices: .*'InstanceNorm\\+\\+'"):
-    ncsn.ncsnv2_from_config(make_config(**TINY)).clone(normalization='BatchNorm').init(
+    ncsn.ncsnv2(**fields(**TINY)).clone(normalization='BatchNorm').init(
         jax.random.PRNGKey(0), tiny_inputs, jnp.zeros((2,), jnp.int32))
   with pytest.raises(ValueError, match='only supports'):
-    ncsn.ncsn_from_config(make_config(**TINY)).clone(normalization='GroupNorm').init(
+    ncsn.ncsn(**fields(**TINY)).clone(normalization='GroupNorm').init(
         jax.random.PRNGKey(0), tiny_inputs, jnp.zeros((2,), jnp.int32))
   with pytest.raises(ValueError, match="valid choices: \\['jax', 'pytorch'\\]"):
-    ncsn.ncsnv2_from_config(make_config(**TINY, reference='tf'))
+    ncsn.ncsnv2(**fields(**TINY, reference='tf'))

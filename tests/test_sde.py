@@ -164,9 +164,3 @@ def test_sdes_are_pytrees_and_transformable(make_sde):
   # discretize and reverse also trace under jit.
   rev = jax.jit(lambda x, t: sde.reverse(lambda x, t: -x).discretize(x, t))(x, t)
   assert rev[0].shape == x.shape
-
-
-def test_get_sde_rejects_unknown_name():
-  with pytest.raises(ValueError, match="valid choices"):
-    sde_lib.get_sde("vpsd")
-  assert isinstance(sde_lib.get_sde("VPSDE", N=10), sde_lib.VPSDE)

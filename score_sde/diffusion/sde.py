@@ -300,15 +300,6 @@ class SubVPSDE(_VPFamily):
 SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}
 
 
-def get_sde(name: str, **kwargs) -> SDE:
-  """Builds an SDE by its reference config name (``config.training.sde``)."""
-  try:
-    cls = SDES[name.lower()]
-  except KeyError:
-    raise ValueError(f"Unknown SDE {name!r}; valid choices are {sorted(SDES)}.") from None
-  return cls(**kwargs)
-
-
 def get_score_fn(sde: SDE, model_fn: Callable, params, *, continuous: bool, train: bool = False,
                  rng: Optional[Array] = None, class_labels: Optional[Array] = None) -> ScoreFn:
   """Wraps a network ``model_fn(params, x, labels, train=, rng=)`` as ``score_fn(x, t)``.

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from score_sde.diffusion import losses
-from score_sde.experiment import optim
-from score_sde.diffusion import sde as sde_lib
+from score_sde.experiment import from_config, optim
 
 
 def check_choice(value: Any, choices: Iterable, field: str) -> None:
@@ -19,19 +18,9 @@ def check_choice(value: Any, choices: Iterable, field: str) -> None:
     raise ValueError(f"{field}={value!r} is not valid; choose one of {choices}.")
 
 
-def get_sde(config) -> sde_lib.SDE:
-  """The SDE of ``config.training.sde`` with the noise schedule of ``config.model``."""
-  name = config.training.sde.lower()
-  check_choice(name, sde_lib.SDES, "config.training.sde")
-  m = config.model
-  if name == "vesde":
-    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
-  return sde_lib.SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
-
-
 def sampling_eps(config) -> float:
   """Smallest time of sampling: the SDE's ``default_eps`` (1e-5 for VE, 1e-3 for VP and sub-VP)."""
-  return get_sde(config).default_eps
+  return from_config.get_sde(config).default_eps
 
 
 def get_optimizer(config):

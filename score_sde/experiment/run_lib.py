@@ -14,10 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.io import checkpointing, datasets, logging_utils
-from score_sde.experiment import config_utils, distributed, training
+from score_sde.experiment import config_utils, distributed, from_config, training
 from score_sde.experiment import classifier_training, optim
-from score_sde import models
-from score_sde.models import classifier as classifier_lib
 from score_sde.metrics import convert_inception, fid
 from score_sde.metrics import evaluate as sample_quality
 from score_sde.metrics import features as inception_features
@@ -38,8 +36,8 @@ class Experiment:
     self.config = config
     self.mesh = distributed.data_mesh()
     self.replicated = distributed.replicated(self.mesh)
-    self.sde = config_utils.get_sde(config)
-    self.module = models.get_model(config)
+    self.sde = from_config.get_sde(config)
+    self.module = from_config.get_model(config)
     self.num_classes = config_utils.num_classes(config)
     # model_fn takes class_labels when num_classes > 0; sampling and bits/dim use the null class.
     self.model_fn = training.linen_model_fn(self.module)
@@ -47,8 +45,8 @@ class Experiment:
         training.null_class_model_fn(self.model_fn, self.num_classes) if self.num_classes
         else self.model_fn)
     self.optimizer = config_utils.get_optimizer(config)
-    self.scaler = datasets.get_data_scaler(config)
-    self.inverse_scaler = datasets.get_data_inverse_scaler(config)
+    self.scaler = from_config.get_data_scaler(config)
+    self.inverse_scaler = from_config.get_data_inverse_scaler(config)
     self.root_key = jax.random.PRNGKey(config.seed)
     init_key, self.train_key, self.eval_key, self.sample_key = jax.random.split(self.root_key, 4)
     init_shape = config_utils.image_shape(config, 1)
@@ -57,7 +55,7 @@ class Experiment:
                    out_shardings=self.replicated)
     self._init = lambda: init(init_key)
     self._samplers = {}
-    self.classifier_module = classifier_lib.classifier_from_config(config)
+    self.classifier_module = from_config.get_classifier(config)
     self.classifier_params = None
 
   def sampler(self, batch_size: int):
@@ -159,10 +157,10 @@ def train(config, workdir: str) -> training.TrainState:
       out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
   eval_loss = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=False)
   eval_step = jax.jit(training.make_eval_step(eval_loss))
-  train_iter = datasets.get_dataset(config, split="train", batch_size=cfg.batch_size,
-                                    shuffle_seed=config.seed, start_step=initial_step)
-  eval_iter = datasets.get_dataset(config, split="test", batch_size=cfg.batch_size,
-                                   shuffle_seed=config.seed + 1, evaluation=True)
+  train_iter = from_config.get_dataset(config, split="train", batch_size=cfg.batch_size,
+                                       shuffle_seed=config.seed, start_step=initial_step)
+  eval_iter = from_config.get_dataset(config, split="test", batch_size=cfg.batch_size,
+                                      shuffle_seed=config.seed + 1, evaluation=True)
   schedule = optim.learning_rate_schedule(config.optim.lr, config.optim.warmup)
 
   step = initial_step
@@ -252,8 +250,8 @@ def _test_loss(exp: Experiment, params, key) -> float:
   loss_fn = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=False)
   eval_step = jax.jit(training.make_eval_step(loss_fn))
   total, count = 0.0, 0
-  with datasets.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
-                            evaluation=True, drop_remainder=False) as it:
+  with from_config.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
+                               evaluation=True, drop_remainder=False) as it:
     for i, batch in enumerate(it):
       model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"]))
       losses = np.asarray(eval_step(params, model_batch, jax.random.fold_in(key, i)))
@@ -275,9 +273,9 @@ def _test_bpd(exp: Experiment, params, key) -> float:
       n_repeats=config.eval.get("bpd_num_repeats", 5), rtol=config.eval.get("bpd_rtol", 1e-5),
       atol=config.eval.get("bpd_atol", 1e-5))[0])
   values = []
-  with datasets.get_dataset(config, split=config.eval.get("bpd_dataset", "test"),
-                            batch_size=config.eval.batch_size, num_epochs=1, evaluation=True,
-                            drop_remainder=False) as it:
+  with from_config.get_dataset(config, split=config.eval.get("bpd_dataset", "test"),
+                               batch_size=config.eval.batch_size, num_epochs=1, evaluation=True,
+                               drop_remainder=False) as it:
     bar = logging_utils.ProgressBar(total=len(it), desc="bits/dim")
     for i, batch in enumerate(it):
       bpd = np.asarray(bpd_fn(jax.random.fold_in(key, i), jnp.asarray(batch["image"])))
@@ -361,9 +359,9 @@ def _reference_images(config) -> Iterator[np.ndarray]:
   """Batches [b, H, W, C] in [0, 1] of the reference split, in dataset order, capped at
   eval.fid_stats_num_images (0: all); no flips, no dequantization noise."""
   cap, b = config.eval.fid_stats_num_images, config.eval.inception_batch_size
-  with datasets.get_dataset(config, split=config.eval.fid_stats_split, batch_size=b,
-                            process_index=0, process_count=1, num_epochs=1, evaluation=True,
-                            uniform_dequantization=False, drop_remainder=False) as it:
+  with from_config.get_dataset(config, split=config.eval.fid_stats_split, batch_size=b,
+                               process_index=0, process_count=1, num_epochs=1, evaluation=True,
+                               uniform_dequantization=False, drop_remainder=False) as it:
     total = min(cap, it.num_examples) if cap else it.num_examples
     bar = logging_utils.ProgressBar(total=-(-total // b), desc="reference Inception features")
     seen = 0
@@ -777,8 +775,8 @@ def _classifier_test_accuracy(exp, loss_fn, params, key, times) -> dict:
   config = exp.config
   correct = {t: 0.0 for t in times}
   count = 0
-  with datasets.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
-                            evaluation=True, drop_remainder=False) as it:
+  with from_config.get_dataset(config, split="test", batch_size=config.eval.batch_size, num_epochs=1,
+                               evaluation=True, drop_remainder=False) as it:
     for i, batch in enumerate(it):
       images = jnp.asarray(exp.scaler(batch["image"]))
       labels = check_class_labels(config, batch["label"], config.classifier.num_classes,
@@ -825,8 +823,8 @@ def train_classifier(config, workdir: str):
   train_step = jax.jit(classifier_training.make_classifier_step(loss_fn, optimizer),
                        in_shardings=(exp.replicated, batch_sharding, batch_sharding, exp.replicated),
                        out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
-  data = datasets.get_dataset(config, split="train", batch_size=c.batch_size,
-                              shuffle_seed=config.seed + 7, start_step=step)
+  data = from_config.get_dataset(config, split="train", batch_size=c.batch_size,
+                                 shuffle_seed=config.seed + 7, start_step=step)
   bar = logging_utils.ProgressBar(total=c.n_iters, initial=step, desc="classifier")
   report = {}
   try:

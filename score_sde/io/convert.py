@@ -6,6 +6,10 @@
 * yang-song/score_sde (JAX/Flax) `checkpoint_N` msgpack files: `from_flax_checkpoint`.
 * `convert_main(argv)`: command line that writes an orbax checkpoint {'params', 'ema_params'}.
 
+Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp or DDPM) and the
+`image_size` and `num_channels` of its inputs; `score_sde.experiment.from_config.conversion_kwargs`
+builds them from a config.
+
 The key mapping is documented in docs/models.md. PyTorch keeps the network in one `all_modules`
 ModuleList, indexed in construction order; inside each block the submodule names (Conv_0,
 GroupNorm_1, NIN_0, Dense_0, Conv2d_0) are the same as in our Flax tree.
@@ -25,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.models import get_model
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
 
@@ -214,7 +217,7 @@ def _ddpm_layout(m: DDPM, image_size: int) -> List[Tuple[Optional[str], str]]:
   return lay.torch_modules
 
 
-_LAYOUTS = {"ncsnpp": _ncsnpp_layout, "ddpm": _ddpm_layout}
+_LAYOUTS = {NCSNpp: _ncsnpp_layout, DDPM: _ddpm_layout}
 
 
 def _oihw_to_hwio(w):
@@ -248,11 +251,10 @@ def _as_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
-def _expected_params(model, config) -> Dict:
-  size, channels = config.data.image_size, config.data.num_channels
+def _expected_params(model, image_size: int, num_channels: int) -> Dict:
+  shape = (1, image_size, image_size, num_channels)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, channels)),
-                         jnp.ones((1,)), train=False))
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.ones((1,)), train=False))
   return shapes["params"]
 
 
@@ -274,19 +276,20 @@ def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict:
   return out
 
 
-def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, config, source: str):
-  expected = dict(_flatten(_expected_params(model, config)))
+def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, image_size: int,
+                         num_channels: int, source: str):
+  expected = dict(_flatten(_expected_params(model, image_size, num_channels)))
   missing = sorted("/".join(p) for p in expected if p not in flat)
   unexpected = sorted("/".join(p) for p in flat if p not in expected)
   if missing or unexpected:
-    raise ValueError(f"{source} does not match model {config.model.name!r} built from the "
-                     f"config: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+    raise ValueError(f"{source} does not match the {type(model).__name__} model: "
+                     f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                      f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. "
-                     "Check that the config matches the checkpoint.")
+                     "Check that the model's fields match the checkpoint.")
   for path, spec in expected.items():
     if flat[path].shape != spec.shape:
       raise ValueError(f"{source}: {'/'.join(path)} has shape {flat[path].shape}, the model "
-                       f"expects {spec.shape}; check the config (nf, ch_mult, ...).")
+                       f"expects {spec.shape}; check the model's fields (nf, ch_mult, ...).")
 
 
 def strip_module_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
@@ -294,32 +297,34 @@ def strip_module_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
   return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def _pytorch_key_map(config) -> Tuple[Any, Dict[int, Tuple[str, str]]]:
-  name = config.model.name
-  if name not in _LAYOUTS:
-    raise ValueError(f"No PyTorch mapping for model {name!r}; valid choices: {sorted(_LAYOUTS)}.")
-  model = get_model(config)
-  return model, dict(enumerate(_LAYOUTS[name](model, config.data.image_size)))
+def _pytorch_key_map(model, image_size: int) -> Dict[int, Tuple[str, str]]:
+  """Torch `all_modules` index -> (Flax module name, kind) of `model` on `image_size` px inputs."""
+  if type(model) not in _LAYOUTS:
+    raise ValueError(f"No PyTorch mapping for model {type(model).__name__}; valid choices: "
+                     f"{sorted(cls.__name__ for cls in _LAYOUTS)}.")
+  return dict(enumerate(_LAYOUTS[type(model)](model, image_size)))
 
 
-def from_pytorch_state_dict(state_dict: Dict[str, Any], config) -> Dict:
-  """Map a score_sde_pytorch model state dict to this project's `params` tree.
+def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: int,
+                            num_channels: int) -> Dict:
+  """Map a score_sde_pytorch state dict to the `params` tree of `model` (NCSNpp or DDPM).
 
   Conv weights go OIHW -> HWIO, Linear (out, in) -> (in, out), GroupNorm weight -> scale; NIN and
-  the frozen Fourier W keep their layout. The `sigmas` buffer is checked against the config.
-  Every parameter of the model must be present and every tensor must be used.
+  the frozen Fourier W keep their layout. The `sigmas` buffer is checked against the model's
+  sigma_min, sigma_max and num_scales. Every parameter of the model must be present and every
+  tensor must be used.
   """
   state_dict = strip_module_prefix(dict(state_dict))
-  model, modules = _pytorch_key_map(config)
+  modules = _pytorch_key_map(model, image_size)
   flat: Dict[Tuple[str, ...], np.ndarray] = {}
   unused = []
   for key, value in state_dict.items():
     value = _as_numpy(value)
     if key == "sigmas":
-      m = config.model
-      want = np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), m.num_scales))
+      want = np.exp(np.linspace(np.log(model.sigma_max), np.log(model.sigma_min),
+                                model.num_scales))
       if value.shape != want.shape or not np.allclose(value, want, rtol=1e-4):
-        raise ValueError("The checkpoint's sigma table does not match config.model.sigma_min/"
+        raise ValueError("The checkpoint's sigma table does not match the model's sigma_min/"
                          "sigma_max/num_scales.")
       continue
     match = re.fullmatch(r"all_modules\.(\d+)\.(?:(\w+)\.)?(\w+)", key)
@@ -338,12 +343,13 @@ def from_pytorch_state_dict(state_dict: Dict[str, Any], config) -> Dict:
     flat[(flax_name,) + ((sub,) if sub else ()) + (flax_param,)] = array
   if unused:
     raise ValueError(f"Unused keys in the PyTorch state dict: {unused[:8]}; is this a "
-                     f"{config.model.name!r} checkpoint matching the config?")
-  _check_against_model(flat, model, config, "PyTorch state dict")
+                     f"{type(model).__name__} checkpoint matching the model?")
+  _check_against_model(flat, model, image_size, num_channels, "PyTorch state dict")
   return _nest(flat)
 
 
-def from_pytorch_checkpoint(checkpoint: Dict[str, Any], config) -> Dict[str, Dict]:
+def from_pytorch_checkpoint(checkpoint: Dict[str, Any], model, *, image_size: int,
+                            num_channels: int) -> Dict[str, Dict]:
   """{'params', 'ema_params'} from a score_sde_pytorch checkpoint {'model', 'ema', ...}.
 
   The EMA entry stores `shadow_params`, a list aligned with the model's trainable parameters in
@@ -353,7 +359,8 @@ def from_pytorch_checkpoint(checkpoint: Dict[str, Any], config) -> Dict[str, Dic
     raise ValueError("Expected a score_sde_pytorch checkpoint with a 'model' entry; for a bare "
                      "state dict call from_pytorch_state_dict.")
   model_sd = strip_module_prefix(dict(checkpoint["model"]))
-  out = {"params": from_pytorch_state_dict(model_sd, config)}
+  inputs = dict(image_size=image_size, num_channels=num_channels)
+  out = {"params": from_pytorch_state_dict(model_sd, model, **inputs)}
   if "ema" in checkpoint:
     shadow = list(checkpoint["ema"]["shadow_params"])
     trainable = [k for k in model_sd if k != "sigmas" and not re.fullmatch(r"all_modules\.0\.W", k)]
@@ -362,12 +369,12 @@ def from_pytorch_checkpoint(checkpoint: Dict[str, Any], config) -> Dict[str, Dic
                        "trainable tensors.")
     ema_sd = dict(model_sd)
     ema_sd.update(zip(trainable, shadow))
-    out["ema_params"] = from_pytorch_state_dict(ema_sd, config)
+    out["ema_params"] = from_pytorch_state_dict(ema_sd, model, **inputs)
   return out
 
 
-def from_flax_checkpoint(source, config) -> Dict[str, Dict]:
-  """{'params', 'ema_params'} from a yang-song/score_sde checkpoint (flax msgpack state).
+def from_flax_checkpoint(source, model, *, image_size: int, num_channels: int) -> Dict[str, Dict]:
+  """{'params', 'ema_params'} of `model` from a yang-song/score_sde checkpoint (flax msgpack state).
 
   `source` is a path or the raw bytes of `checkpoint_N`; its state has `optimizer.target` (the
   trained parameters) and `params_ema`, whose trees already use our module names.
@@ -382,12 +389,11 @@ def from_flax_checkpoint(source, config) -> Dict[str, Dict]:
   except KeyError:
     raise ValueError("Expected a score_sde (JAX) training state with 'optimizer'/'target' and "
                      f"'params_ema'; top-level keys are {sorted(state)}.") from None
-  model = get_model(config)
   out = {}
   for key, tree in (("params", params), ("ema_params", ema)):
     tree = tree.get("params", tree)
     flat = {p: np.asarray(v) for p, v in _flatten(tree)}
-    _check_against_model(flat, model, config, f"Flax checkpoint {key}")
+    _check_against_model(flat, model, image_size, num_channels, f"Flax checkpoint {key}")
     out[key] = _nest(flat)
   return out
 
@@ -415,15 +421,17 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
   parser.add_argument("--out", required=True, help="work directory to write the checkpoint into")
   parser.add_argument("--step", type=int, default=0, help="training step to record")
   args = parser.parse_args(argv)
+  from score_sde.io import checkpointing  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import from_config, run_lib  # pylint: disable=import-outside-toplevel
+
   config = _load_config(args.config)
+  target = from_config.conversion_kwargs(config)
   fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
   if fmt == "pytorch":
-    converted = from_pytorch_checkpoint(load_torch_checkpoint(args.source), config)
+    converted = from_pytorch_checkpoint(load_torch_checkpoint(args.source), **target)
   else:
-    converted = from_flax_checkpoint(args.source, config)
+    converted = from_flax_checkpoint(args.source, **target)
   converted.setdefault("ema_params", converted["params"])
-  from score_sde.io import checkpointing
-  from score_sde.experiment import run_lib  # pylint: disable=import-outside-toplevel
 
   exp = run_lib.Experiment(config)
   state = exp.fresh_state()

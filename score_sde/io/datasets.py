@@ -3,13 +3,13 @@
 Reproduces the preprocessing of the reference implementation of "Score-Based Generative Modeling
 through Stochastic Differential Equations" (Song et al., ICLR 2021): central crop and resize,
 random horizontal flip, uniform dequantization (u + 255 x) / 256, and images in [0, 1] that
-`get_data_scaler` maps to [-1, 1] when `config.data.centered`.
+`get_data_scaler(centered=True)` maps to [-1, 1].
 
-Sources (`config.data.dataset`, case-insensitive):
+Sources (`DataSpec.dataset`, case-insensitive):
   CIFAR10, SVHN, CELEBA, LSUN  tfds datasets read by random access with `tfds.data_source`
                                (array_record files; prepare them once with `tfds build`).
-  TFDS                         any tfds dataset with an 'image' feature (`config.data.tfds_name`).
-  folder                       PNG/JPEG files found recursively under `config.data.path`.
+  TFDS                         any tfds dataset with an 'image' feature (`DataSpec.tfds_name`).
+  folder                       PNG/JPEG files found recursively under `DataSpec.path`.
   digits                       scikit-learn's 1797 handwritten 8x8 digits; ships with
                                scikit-learn, so it works offline with no download.
 
@@ -53,16 +53,16 @@ DATASETS = (*_TFDS_DATASETS, "digits", "folder")
 # Scaling between data space [0, 1] and model space.
 
 
-def get_data_scaler(config) -> Callable[[Any], Any]:
-  """Maps images in [0, 1] to model space: [-1, 1] when `config.data.centered`, else unchanged."""
-  if config.data.centered:
+def get_data_scaler(centered: bool) -> Callable[[Any], Any]:
+  """Maps images in [0, 1] to model space: [-1, 1] when `centered`, else unchanged."""
+  if centered:
     return lambda x: x * 2.0 - 1.0
   return lambda x: x
 
 
-def get_data_inverse_scaler(config) -> Callable[[Any], Any]:
+def get_data_inverse_scaler(centered: bool) -> Callable[[Any], Any]:
   """Inverse of `get_data_scaler`: maps model space back to [0, 1]."""
-  if config.data.centered:
+  if centered:
     return lambda x: (x + 1.0) / 2.0
   return lambda x: x
 
@@ -165,7 +165,7 @@ def list_image_files(path: str) -> list[str]:
   """All PNG/JPEG files under `path`, recursively, in sorted (deterministic) order."""
   if not os.path.isdir(path):
     raise FileNotFoundError(
-        f"config.data.path={path!r} is not a directory; point it at a folder of PNG/JPEG images.")
+        f"path={path!r} is not a directory; point it at a folder of PNG/JPEG images.")
   files = sorted(
       os.path.join(root, name)
       for root, _, names in os.walk(path, followlinks=True)
@@ -209,8 +209,8 @@ def tfds_source(name: str, split: str, data_dir: str | None,
     raise RuntimeError(
         f"Cannot open tfds dataset {name!r} (split {split!r}, data_dir {data_dir!r}) for "
         f"random access: {error}\nPrepare it once in array_record format, e.g. "
-        f"`tfds build {name} --file_format=array_record --data_dir=DIR`, and set "
-        f"config.data.data_dir=DIR.") from error
+        f"`tfds build {name} --file_format=array_record --data_dir=DIR`, and pass "
+        f"data_dir=DIR.") from error
 
   def load(index: int) -> tuple[np.ndarray, int]:
     example = data[index]
@@ -222,7 +222,7 @@ def tfds_source(name: str, split: str, data_dir: str | None,
     if image.shape[-1] != num_channels:
       raise ValueError(
           f"tfds dataset {name!r} has {image.shape[-1]}-channel images but "
-          f"config.data.num_channels={num_channels}; set it to {image.shape[-1]}.")
+          f"num_channels={num_channels}; set it to {image.shape[-1]}.")
     label = int(example["label"]) if "label" in example else NO_LABEL
     return resize_op(image.astype(np.float32) / 255.0), label
 
@@ -376,11 +376,16 @@ class BatchIterator:
 # Entry point.
 
 
-def _canonical_dataset_name(name: str) -> str:
-  by_lower = {choice.lower(): choice for choice in DATASETS}
-  if not isinstance(name, str) or name.lower() not in by_lower:
-    raise ValueError(f"Unknown config.data.dataset={name!r}; choose one of {list(DATASETS)}.")
-  return by_lower[name.lower()]
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which images to read, at what size: the `data` fields of the reference configs."""
+  dataset: str  # one of DATASETS, case-insensitive
+  image_size: int
+  num_channels: int  # 1 or 3
+  path: str | None = None  # folder: the image folder
+  category: str | None = None  # LSUN, e.g. 'church_outdoor'
+  tfds_name: str | None = None  # TFDS, e.g. 'mnist'
+  data_dir: str | None = None  # tfds data directory (default: tfds's)
 
 
 def _check_positive_int(value: Any, field: str) -> int:
@@ -389,62 +394,63 @@ def _check_positive_int(value: Any, field: str) -> int:
   return int(value)
 
 
-def get_source(config, split: str) -> tuple[int, LoadFn]:
-  """(number of examples, index -> (image [S, S, C] float32 in [0, 1], label)) for a config."""
+def check_data_spec(spec: DataSpec, prefix: str = "") -> DataSpec:
+  """`spec` with its dataset name canonical; a ValueError names a bad field as `prefix + field`."""
+  by_lower = {choice.lower(): choice for choice in DATASETS}
+  if not isinstance(spec.dataset, str) or spec.dataset.lower() not in by_lower:
+    raise ValueError(f"Unknown {prefix}dataset={spec.dataset!r}; choose one of {list(DATASETS)}.")
+  dataset = by_lower[spec.dataset.lower()]
+  image_size = _check_positive_int(spec.image_size, f"{prefix}image_size")
+  num_channels = _check_positive_int(spec.num_channels, f"{prefix}num_channels")
+  if num_channels not in (1, 3):
+    raise ValueError(f"{prefix}num_channels must be 1 or 3, got {num_channels}.")
+  if dataset == "digits" and num_channels != 1:
+    raise ValueError(f"The digits are grey: set {prefix}num_channels=1.")
+  examples = {"folder": ("path", "<image folder>"), "LSUN": ("category", "'church_outdoor'"),
+              "TFDS": ("tfds_name", "'mnist'")}
+  if dataset in examples:
+    field, example = examples[dataset]
+    if not getattr(spec, field):
+      raise ValueError(f"{prefix}dataset={dataset!r} needs {prefix}{field}, e.g. {example}.")
+  return dataclasses.replace(spec, dataset=dataset, image_size=image_size,
+                             num_channels=num_channels)
+
+
+def get_source(spec: DataSpec, split: str) -> tuple[int, LoadFn]:
+  """(number of examples, index -> (image [S, S, C] float32 in [0, 1], label)) of a dataset."""
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-  data = config.data
-  dataset = _canonical_dataset_name(data.dataset)
-  image_size = _check_positive_int(data.image_size, "config.data.image_size")
-  num_channels = _check_positive_int(data.num_channels, "config.data.num_channels")
-  if num_channels not in (1, 3):
-    raise ValueError(f"config.data.num_channels must be 1 or 3, got {num_channels}.")
-
-  if dataset == "digits":
-    if num_channels != 1:
-      raise ValueError("The digits are grey: set config.data.num_channels=1.")
-    return array_source(*digits_split(split, image_size))
-  if dataset == "folder":
-    path = data.get("path")
-    if not path:
-      raise ValueError("config.data.dataset='folder' needs config.data.path=<image folder>.")
+  spec = check_data_spec(spec)
+  if spec.dataset == "digits":
+    return array_source(*digits_split(split, spec.image_size))
+  if spec.dataset == "folder":
     # A folder has a single split, used for both training and evaluation as in the reference.
-    return folder_source(path, image_size, num_channels)
-
-  name, train_split, test_split = _TFDS_DATASETS[dataset]
-  if dataset == "LSUN":
-    if not data.get("category"):
-      raise ValueError("config.data.dataset='LSUN' needs config.data.category, e.g. 'church_outdoor'.")
-    name = name.format(category=data.category)
-  elif dataset == "TFDS":
-    if not data.get("tfds_name"):
-      raise ValueError("config.data.dataset='TFDS' needs config.data.tfds_name, e.g. 'mnist'.")
-    name = name.format(tfds_name=data.tfds_name)
-  return tfds_source(name, train_split if split == "train" else test_split, data.get("data_dir"),
-                     _resize_op(dataset, image_size), num_channels)
+    return folder_source(spec.path, spec.image_size, spec.num_channels)
+  name, train_split, test_split = _TFDS_DATASETS[spec.dataset]
+  name = name.format(category=spec.category, tfds_name=spec.tfds_name)
+  return tfds_source(name, train_split if split == "train" else test_split, spec.data_dir,
+                     _resize_op(spec.dataset, spec.image_size), spec.num_channels)
 
 
-def get_dataset(config, *, split: str = "train", batch_size: int | None = None,
+def get_dataset(spec: DataSpec, *, batch_size: int, split: str = "train",
+                random_flip: bool = False, uniform_dequantization: bool = False,
                 process_index: int | None = None, process_count: int | None = None,
                 shuffle_seed: int = 0, num_epochs: int | None = None, evaluation: bool = False,
-                start_step: int = 0, uniform_dequantization: bool | None = None,
-                shuffle: bool | None = None, drop_remainder: bool = True,
+                start_step: int = 0, shuffle: bool | None = None, drop_remainder: bool = True,
                 num_workers: int | None = None, prefetch: int = 2) -> BatchIterator:
   """This process's batches of `split`, preprocessed as in the reference.
 
   Args:
-    config: ConfigDict with `data.{dataset, image_size, num_channels, random_flip,
-      uniform_dequantization}` and, depending on the dataset, `data.category` (LSUN),
-      `data.tfds_name` (TFDS), `data.path` (folder), `data.data_dir` (tfds data directory).
+    spec: the dataset and its image size and channels.
+    batch_size: GLOBAL batch size over all processes. Must be divisible by `process_count`.
     split: 'train' or 'test' (the reference's evaluation split: 'validation' for CelebA/LSUN).
-    batch_size: GLOBAL batch size over all processes; defaults to `config.training.batch_size`
-      (`config.eval.batch_size` when `evaluation`). Must be divisible by `process_count`.
+    random_flip: random horizontal flips (never when `evaluation`).
+    uniform_dequantization: (u + 255 x) / 256 with uniform noise u instead of x.
     process_index, process_count: this process and how many there are; default to JAX's.
     shuffle_seed: seed of the epoch permutations and of the per-example flip and noise.
     num_epochs: passes over the split; None repeats forever.
     evaluation: disables the random flip and, unless `shuffle` is given, shuffling.
     start_step: index of the first batch, to resume a run exactly where it stopped.
-    uniform_dequantization: overrides `config.data.uniform_dequantization` (e.g. for bits/dim).
     shuffle: whether epochs are permuted; defaults to `not evaluation`.
     drop_remainder: drop the final partial global batch of a finite stream; if False it is
       padded with repeated examples whose 'mask' is False.
@@ -453,8 +459,6 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None,
   """
   import jax
 
-  if batch_size is None:
-    batch_size = config.eval.batch_size if evaluation else config.training.batch_size
   batch_size = _check_positive_int(batch_size, "batch_size")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -467,16 +471,14 @@ def get_dataset(config, *, split: str = "train", batch_size: int | None = None,
     raise ValueError(f"shuffle_seed ({shuffle_seed}) and start_step ({start_step}) must be >= 0.")
   if num_epochs is not None:
     _check_positive_int(num_epochs, "num_epochs")
-  if uniform_dequantization is None:
-    uniform_dequantization = bool(config.data.uniform_dequantization)
-  num_examples, load = get_source(config, split)
+  num_examples, load = get_source(spec, split)
   if num_epochs is not None and drop_remainder and num_epochs * num_examples < batch_size:
     raise ValueError(f"{num_epochs} epoch(s) of the {num_examples} examples of split {split!r} "
                      f"do not fill one global batch of {batch_size}; use drop_remainder=False "
                      f"or a smaller batch.")
   augmentation = Augmentation(
-      random_flip=bool(config.data.random_flip) and not evaluation,
-      uniform_dequantization=uniform_dequantization, seed=int(shuffle_seed))
+      random_flip=bool(random_flip) and not evaluation,
+      uniform_dequantization=bool(uniform_dequantization), seed=int(shuffle_seed))
   return BatchIterator(
       load, num_examples, global_batch_size=batch_size, process_index=process_index,
       process_count=process_count, seed=int(shuffle_seed),

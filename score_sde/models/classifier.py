@@ -149,13 +149,3 @@ class NoiseConditionalWideResNet(nn.Module):
     h = jnp.mean(h, axis=(1, 2))  # [B, C]
     return nn.Dense(self.num_classes, kernel_init=_output_init, name='Dense_2')(h)
 
-
-def classifier_from_config(config) -> nn.Module:
-  """Classifier from an optional ``config.classifier`` (depth, widen_factor, num_classes).
-
-  Missing fields take the reference's CIFAR-10 WRN-28-10 values.
-  """
-  c = config.get('classifier', None) or {}
-  return NoiseConditionalWideResNet(depth=c.get('depth', 28),
-                                    widen_factor=c.get('widen_factor', 10),
-                                    num_classes=c.get('num_classes', 10))

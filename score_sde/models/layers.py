@@ -74,8 +74,8 @@ def check_num_classes(model: str, num_classes: int, conditional: bool) -> None:
                      f"{num_classes!r}.")
   if num_classes and not conditional:
     raise ValueError(f"{model}: num_classes={num_classes} adds a class embedding to the time "
-                     "embedding, which conditional=False removes; set config.model.conditional="
-                     "True or config.model.num_classes=0.")
+                     "embedding, which conditional=False removes; set conditional=True or "
+                     "num_classes=0.")
 
 
 def check_class_labels(model: str, num_classes: int, class_labels, batch_size: int) -> None:
@@ -86,7 +86,7 @@ def check_class_labels(model: str, num_classes: int, class_labels, batch_size: i
                      "is the null (unconditional) class.")
   if not num_classes and class_labels is not None:
     raise ValueError(f"{model} is unconditional (num_classes=0) but got class_labels; drop them "
-                     "or build the network with num_classes > 0 (config.model.num_classes).")
+                     "or build the network with num_classes > 0.")
   if class_labels is not None and (class_labels.shape != (batch_size,) or
                                    not jnp.issubdtype(class_labels.dtype, jnp.integer)):
     raise ValueError(f"{model}: class_labels must be integers of shape [B]=({batch_size},), got "

@@ -440,75 +440,67 @@ def _check_choice(field, value, choices):
 
 
 # ----------------------------------------------------------------------------------
-# Construction from the reference configs
+# The networks of the reference configs ('ncsn', 'ncsnv2', 'ncsnv2_64', ...)
 # ----------------------------------------------------------------------------------
 
-def _common_fields(config):
-  """Model fields shared by NCSN and NCSNv2, read from a reference-style ConfigDict."""
-  reference = config.model.get('reference', 'jax')
-  _check_choice('config.model.reference', reference, REFERENCES)
-  return reference, dict(
-      nf=config.model.nf,
-      normalization=config.model.normalization,
-      nonlinearity=config.model.nonlinearity.lower(),
-      interpolation=config.model.get('interpolation', 'bilinear'),
-      align_corners=reference == 'pytorch',
-      channel_var_ddof=1 if reference == 'pytorch' else 0,
-      sigma_min=config.model.sigma_min,
-      sigma_max=config.model.sigma_max,
-      num_scales=config.model.num_scales,
-      centered=config.data.centered,
-  )
+# Image sizes (px, inclusive) each named network is built for.
+IMAGE_SIZES = {'ncsn': (1, 95), 'ncsnv2_64': (1, 95), 'ncsnv2_128': (96, 128),
+               'ncsnv2_256': (129, 256)}
 
 
-def _check_image_size(config, low, high, name):
-  size = config.data.image_size
-  if not low <= size <= high:
+def check_image_size(name: str, image_size: int, field: str = 'image_size') -> None:
+  """Raises ValueError, naming ``field``, when ``image_size`` is outside IMAGE_SIZES[name]."""
+  low, high = IMAGE_SIZES[name]
+  if not low <= image_size <= high:
     raise ValueError(f"model '{name}' is built for {low}-{high} px images, got "
-                     f'config.data.image_size={size}. Use ncsnv2_64 below 96 px, ncsnv2_128 '
+                     f'{field}={image_size}. Use ncsnv2_64 below 96 px, ncsnv2_128 '
                      'for 96-128 px and ncsnv2_256 for 129-256 px.')
 
 
-def ncsn_from_config(config) -> nn.Module:
-  """NCSN (v1, 'ncsn'): conditional RefineNet; no output scaling unless configured."""
-  reference, fields = _common_fields(config)
-  _check_image_size(config, 1, 95, 'ncsn')
+def _reference_fields(reference: str) -> dict:
+  _check_choice('reference', reference, REFERENCES)
+  return dict(align_corners=reference == 'pytorch',
+              channel_var_ddof=1 if reference == 'pytorch' else 0)
+
+
+def ncsn(*, image_size: int, reference: str = 'jax', scale_by_sigma: bool = False,
+         **fields) -> RefineNet:
+  """NCSN (v1): conditional RefineNet for images below 96 px; no output scaling by default.
+
+  ``fields`` are further RefineNet fields (nf, normalization, sigma_min, ...).
+  """
+  check_image_size('ncsn', image_size)
+  by_reference = _reference_fields(reference)
   return RefineNet(stages=_STAGES_32_64, refine_widths=_REFINE_32_64[reference],
-                   conditional=True, scale_by_sigma=config.model.get('scale_by_sigma', False),
+                   conditional=True, scale_by_sigma=scale_by_sigma, **by_reference, **fields)
+
+
+def ncsnv2_64(*, image_size: int, reference: str = 'jax', **fields) -> RefineNet:
+  """NCSNv2 for images below 96 px (CIFAR-10 and CelebA-64)."""
+  check_image_size('ncsnv2_64', image_size)
+  by_reference = _reference_fields(reference)
+  return RefineNet(stages=_STAGES_32_64, refine_widths=_REFINE_32_64[reference], **by_reference,
                    **fields)
 
 
-def ncsnv2_64_from_config(config) -> nn.Module:
-  """NCSNv2 for images below 96 px ('ncsnv2_64'; CIFAR-10 and CelebA-64)."""
-  reference, fields = _common_fields(config)
-  _check_image_size(config, 1, 95, 'ncsnv2_64')
-  return RefineNet(stages=_STAGES_32_64, refine_widths=_REFINE_32_64[reference],
-                   scale_by_sigma=config.model.get('scale_by_sigma', True), **fields)
-
-
-def ncsnv2_128_from_config(config) -> nn.Module:
-  """NCSNv2 for 96-128 px images ('ncsnv2_128'; LSUN bedroom/tower at 128 px)."""
-  _, fields = _common_fields(config)
-  _check_image_size(config, 96, 128, 'ncsnv2_128')
+def ncsnv2_128(*, image_size: int, reference: str = 'jax', **fields) -> RefineNet:
+  """NCSNv2 for 96-128 px images (LSUN bedroom/tower at 128 px)."""
+  check_image_size('ncsnv2_128', image_size)
   return RefineNet(stages=_STAGES_128, refine_widths=_REFINE_128,
-                   scale_by_sigma=config.model.get('scale_by_sigma', True), **fields)
+                   **_reference_fields(reference), **fields)
 
 
-def ncsnv2_256_from_config(config) -> nn.Module:
-  """NCSNv2 for 129-256 px images ('ncsnv2_256')."""
-  _, fields = _common_fields(config)
-  _check_image_size(config, 129, 256, 'ncsnv2_256')
+def ncsnv2_256(*, image_size: int, reference: str = 'jax', **fields) -> RefineNet:
+  """NCSNv2 for 129-256 px images."""
+  check_image_size('ncsnv2_256', image_size)
   return RefineNet(stages=_STAGES_256, refine_widths=_REFINE_256,
-                   scale_by_sigma=config.model.get('scale_by_sigma', True), **fields)
+                   **_reference_fields(reference), **fields)
 
 
-def ncsnv2_from_config(config) -> nn.Module:
-  """NCSNv2 picking the variant from config.data.image_size, as the reference does."""
-  size = config.data.image_size
-  if size < 96:
-    return ncsnv2_64_from_config(config)
-  if size <= 128:
-    return ncsnv2_128_from_config(config)
-  if size <= 256:
-    return ncsnv2_256_from_config(config)
-  raise ValueError(f'No NCSNv2 network for {size} px images (largest supported: 256 px).')
+def ncsnv2(*, image_size: int, reference: str = 'jax', **fields) -> RefineNet:
+  """NCSNv2 picking the variant from ``image_size``, as the reference does."""
+  for name, build in (('ncsnv2_64', ncsnv2_64), ('ncsnv2_128', ncsnv2_128),
+                      ('ncsnv2_256', ncsnv2_256)):
+    if image_size <= IMAGE_SIZES[name][1]:
+      return build(image_size=image_size, reference=reference, **fields)
+  raise ValueError(f'No NCSNv2 network for {image_size} px images (largest supported: 256 px).')
