@@ -100,7 +100,7 @@ def _make_sde(name, kind):
 def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, x64):
   sde = _make_sde(sde_name, kind)
   model_fn = _model_fn(sde, kind)
-  loss_fn = losses.get_loss_fn(sde, model_fn, train=True, reduce_mean=reduce_mean,
+  loss_fn = losses.get_loss_fn(None, sde, model_fn, train=True, reduce_mean=reduce_mean,
                                continuous=kind == "continuous",
                                likelihood_weighting=likelihood_weighting)
   key_data, key_loss = jax.random.split(jax.random.PRNGKey(0))
@@ -133,10 +133,10 @@ def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, 
 def test_invalid_combinations_are_rejected():
   model_fn = lambda params, x, labels, *, train, rng: x
   with pytest.raises(ValueError, match="likelihood_weighting"):
-    losses.get_loss_fn(sde_lib.VPSDE(), model_fn, train=True, continuous=False,
+    losses.get_loss_fn(None, sde_lib.VPSDE(), model_fn, train=True, continuous=False,
                        likelihood_weighting=True)
   with pytest.raises(ValueError, match="SubVPSDE"):
-    losses.get_loss_fn(sde_lib.SubVPSDE(), model_fn, train=True, continuous=False)
+    losses.get_loss_fn(None, sde_lib.SubVPSDE(), model_fn, train=True, continuous=False)
 
 
 def test_loss_passes_dropout_rng_and_train_flag():
@@ -146,6 +146,6 @@ def test_loss_passes_dropout_rng_and_train_flag():
     seen["train"], seen["rng"] = train, rng
     return jnp.zeros_like(x)
 
-  loss_fn = losses.get_loss_fn(sde_lib.VPSDE(), model_fn, train=True, continuous=True)
+  loss_fn = losses.get_loss_fn(None, sde_lib.VPSDE(), model_fn, train=True, continuous=True)
   loss_fn({}, jax.random.PRNGKey(0), jnp.ones((2, 3)))
   assert seen["train"] is True and seen["rng"] is not None
