@@ -1,7 +1,8 @@
 """Parametrizations of a diffusion model: noise levels, and conversions between predictions.
 
 Every SDE of ``sde.py`` has p_0t(x_t | x_0) = N(m(t) x_0, std(t)^2 I). Notation, one meaning each
-throughout the package:
+throughout the package (except ``samplers/dpm_solver.py``, which keeps its paper's α_t = m,
+σ_t = std):
 
   symbol     name here    meaning
   m, std     ``m, std``   x_t = m(t) x_0 + std(t) ε, ε ~ N(0, I) (``SDE.marginal_params``)
@@ -17,8 +18,9 @@ throughout the package:
 
 The conversions between these predictions are written once, below, as pure functions of x_t and
 the coefficients at t; ``data_prediction``, ``noise_prediction``, ``velocity_prediction`` and
-``as_score_fn`` turn a model (a score function ``score_fn(x_t, t)`` or a ``Denoiser``; samplers take
-either) into the prediction wanted, as a function of (x_t, t). Also here: the EDM preconditioning
+``as_score_fn`` turn a model (a score function ``score_fn(x_t, t)`` or a ``Denoiser``) into the
+prediction wanted, as a function of (x_t, t); the EDM, DDIM, DPM-Solver, adaptive and interpolation
+samplers take either model through them. Also here: the EDM preconditioning
 (Karras et al. 2022, Table 1) that wraps a network into a ``Denoiser``, and ``sampling_model``, the
 sampler-ready model of each training objective of ``losses.py``.
 """
