@@ -130,8 +130,9 @@ def marginal_coefficients(sde: SDE, t: Array) -> tuple[Array, Array, Array, Arra
 
 @struct.dataclass
 class Denoiser:
-  """A denoiser D(x_σ, σ) ≈ E[x_0 | x_σ] in the σ parametrisation; samplers accept it wherever they
-  accept a score function. Build one from a network with ``get_denoiser``."""
+  """A denoiser D(x_σ, σ) ≈ E[x_0 | x_σ] in the σ parametrisation. The EDM, DDIM, DPM-Solver,
+  adaptive and interpolation samplers take it in place of a score function; ``as_score_fn`` makes a
+  score function of it for the others. Build one from a network with ``get_denoiser``."""
 
   fn: DenoiserFn
 
