@@ -60,12 +60,12 @@ def _recording_model():
   return model_fn
 
 
-@pytest.mark.parametrize("kind", ["continuous", "ddpm"])
+@pytest.mark.parametrize("objective,continuous", [("dsm", True), ("ddpm", False), ("edm", True)])
 @pytest.mark.parametrize("dropout,expected", [(0.0, "labels"), (1.0, "null")])
-def test_loss_uses_labels_or_the_null_class(kind, dropout, expected):
+def test_loss_uses_labels_or_the_null_class(objective, continuous, dropout, expected):
   sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=100)
   model_fn, k = _recording_model(), 5
-  conditional = losses.get_loss_fn(sde, model_fn, train=True, continuous=kind == "continuous",
+  conditional = losses.get_loss_fn(objective, sde, model_fn, train=True, continuous=continuous,
                                    num_classes=k, class_dropout=dropout)
   batch = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
   labels = jnp.arange(16) % k
@@ -74,7 +74,7 @@ def test_loss_uses_labels_or_the_null_class(kind, dropout, expected):
   # The same loss of a network whose labels are fixed by hand, fed the key left after the split.
   used = labels if expected == "labels" else jnp.full_like(labels, k)
   fixed = lambda p, x, l, **kw: model_fn(p, x, l, class_labels=used)
-  plain = losses.get_loss_fn(sde, fixed, train=True, continuous=kind == "continuous")
+  plain = losses.get_loss_fn(objective, sde, fixed, train=True, continuous=continuous)
   expected_loss, _ = plain(0.5, jax.random.split(key)[0], batch)
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.diffusion import parametrization
+from score_sde.diffusion import losses, parametrization
 from score_sde.samplers import edm
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
@@ -104,7 +104,7 @@ def test_edm_loss_of_exact_denoiser_is_one_per_dimension(x64):
     # D* = σ_d^2/(σ_d^2+σ^2) x = c_skip x, so F* = params * 0 is ideal; params scales a deviation.
     return params * x_in * sigma
 
-  loss_fn = edm.get_edm_loss_fn(ideal_network, train=True, sigma_data=sigma_data)
+  loss_fn = losses.get_edm_loss_fn(sde_lib.VESDE(), ideal_network, train=True, sigma_data=sigma_data)
   x0 = sigma_data * jax.random.normal(jax.random.PRNGKey(2), (batch, dim))
   loss, aux = loss_fn(0.0, jax.random.PRNGKey(3), x0)
   # Each per-sample loss is a mean of `dim` squared unit normals: variance 2 / dim.

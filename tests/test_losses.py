@@ -1,8 +1,10 @@
-"""Score-matching losses at the exact score of Gaussian data, where their minima are known.
+"""Training objectives at the exact score of Gaussian data, where their minima are known.
 
 For x_0 ~ N(mu, diag(v)) and x_t = m x_0 + std z, the exact score makes the residual of every loss
 Gaussian, and its expected squared norm per dimension is m^2 v_d / (m^2 v_d + std^2) (for the
-plain, SMLD and DDPM losses alike; likelihood weighting multiplies it by g^2 / std^2).
+plain, SMLD and DDPM losses alike; likelihood weighting multiplies it by g^2 / std^2). For the EDM
+loss at noise level σ it is λ(σ) Var[x_0,d | x_σ] = (σ^2 + σ_d^2) v_d / (σ_d^2 (v_d + σ^2)),
+averaged over ln σ ~ N(P_mean, P_std^2).
 """
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from score_sde.diffusion import losses
+from score_sde.diffusion import losses, parametrization
 from score_sde.diffusion import sde as sde_lib
 
 MU = np.array([1.0, -1.0, 0.5])
@@ -39,6 +41,12 @@ def _model_fn(sde, kind):
   """A 'network' that is exact at params a = b = 0: output(exact) + a x + b."""
 
   def exact_output(x, labels):
+    if kind == "edm":  # F* = (D* - c_skip x_σ) / c_out at the input c_in x_σ, label ln(σ) / 4
+      sigma = jnp.exp(4.0 * labels)
+      c_skip, c_out, c_in, _ = (c[:, None] for c in parametrization.preconditioning(sigma))
+      x_sigma = x / c_in
+      d_exact = MU + VAR / (VAR + sigma[:, None] ** 2) * (x_sigma - MU)
+      return (d_exact - c_skip * x_sigma) / c_out
     if kind == "continuous":
       t = _time_from_label(sde, labels)
       m, std = sde.marginal_params(t)
@@ -59,6 +67,17 @@ def _model_fn(sde, kind):
 
 
 def _analytic_loss(sde, kind, reduce_mean, likelihood_weighting, eps=1e-5):
+  if kind == "edm":
+    sigma_data, p_mean, p_std = 0.5, -1.2, 1.2
+
+    def integrand(log_sigma):
+      s2 = np.exp(2 * log_sigma)
+      per_dim = (s2 + sigma_data**2) * VAR / (sigma_data**2 * (VAR + s2))
+      density = np.exp(-0.5 * ((log_sigma - p_mean) / p_std) ** 2) / (p_std * np.sqrt(2 * np.pi))
+      return (per_dim.mean() if reduce_mean else 0.5 * per_dim.sum()) * density
+
+    total, _ = integrate.quad(integrand, p_mean - 12 * p_std, p_mean + 12 * p_std, epsrel=1e-10)
+    return total
   if kind == "smld":
     sig = np.asarray(sde.discrete_sigmas)
     return np.mean([_per_time_value(1.0, s, reduce_mean) for s in sig])
@@ -87,6 +106,8 @@ CASES = [
     ("subvp", "continuous", False, True),
     ("ve", "smld", False, False),
     ("vp", "ddpm", True, False),
+    ("vp", "edm", True, False),
+    ("ve", "edm", False, False),
 ]
 
 
@@ -100,8 +121,8 @@ def _make_sde(name, kind):
 def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, x64):
   sde = _make_sde(sde_name, kind)
   model_fn = _model_fn(sde, kind)
-  loss_fn = losses.get_loss_fn(sde, model_fn, train=True, reduce_mean=reduce_mean,
-                               continuous=kind == "continuous",
+  loss_fn = losses.get_loss_fn("edm" if kind == "edm" else None, sde, model_fn, train=True,
+                               reduce_mean=reduce_mean, continuous=kind in ("continuous", "edm"),
                                likelihood_weighting=likelihood_weighting)
   key_data, key_loss = jax.random.split(jax.random.PRNGKey(0))
   x0 = jnp.asarray(MU + np.sqrt(VAR) * np.asarray(jax.random.normal(key_data, (N_SAMPLES, 3))))
@@ -130,13 +151,44 @@ def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, 
   assert float(loss_wrong) > float(loss)
 
 
+def test_objectives_are_named():
+  assert set(losses.OBJECTIVES) == {"dsm", "smld", "ddpm", "edm"}
+
+
+@pytest.mark.parametrize("sde_name,continuous,expected", [
+    ("ve", True, "dsm"), ("vp", True, "dsm"), ("subvp", True, "dsm"),
+    ("ve", False, "smld"), ("vp", False, "ddpm")])
+def test_default_objective_is_the_reference_rule(sde_name, continuous, expected, x64):
+  kind = "continuous" if continuous else expected
+  sde = _make_sde(sde_name, kind)
+  assert losses.default_objective(sde, continuous) == expected
+  model_fn = _model_fn(sde, kind)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+  params = {"a": jnp.float64(0.1), "b": jnp.float64(0.2)}
+  default, named = (losses.get_loss_fn(objective, sde, model_fn, train=True, continuous=continuous)
+                    for objective in (None, expected))
+  key = jax.random.PRNGKey(1)
+  np.testing.assert_array_equal(default(params, key, x0)[1]["losses"],
+                                named(params, key, x0)[1]["losses"])
+
+
 def test_invalid_combinations_are_rejected():
   model_fn = lambda params, x, labels, *, train, rng: x
   with pytest.raises(ValueError, match="likelihood_weighting"):
-    losses.get_loss_fn(sde_lib.VPSDE(), model_fn, train=True, continuous=False,
+    losses.get_loss_fn(None, sde_lib.VPSDE(), model_fn, train=True, continuous=False,
                        likelihood_weighting=True)
   with pytest.raises(ValueError, match="SubVPSDE"):
-    losses.get_loss_fn(sde_lib.SubVPSDE(), model_fn, train=True, continuous=False)
+    losses.get_loss_fn(None, sde_lib.SubVPSDE(), model_fn, train=True, continuous=False)
+  with pytest.raises(ValueError, match="Unknown objective 'flow'"):
+    losses.get_loss_fn("flow", sde_lib.VPSDE(), model_fn, train=True)
+  with pytest.raises(ValueError, match="'dsm' objective only"):
+    losses.get_loss_fn("edm", sde_lib.VPSDE(), model_fn, train=True, likelihood_weighting=True)
+  with pytest.raises(ValueError, match="not defined for VPSDE"):
+    losses.get_loss_fn("smld", sde_lib.VPSDE(), model_fn, train=True, continuous=False)
+  with pytest.raises(ValueError, match="not defined for VESDE"):
+    losses.get_loss_fn("ddpm", sde_lib.VESDE(), model_fn, train=True, continuous=False)
+  with pytest.raises(ValueError, match="continuous=False"):
+    losses.get_loss_fn("ddpm", sde_lib.VPSDE(), model_fn, train=True, continuous=True)
 
 
 def test_loss_passes_dropout_rng_and_train_flag():
@@ -146,6 +198,6 @@ def test_loss_passes_dropout_rng_and_train_flag():
     seen["train"], seen["rng"] = train, rng
     return jnp.zeros_like(x)
 
-  loss_fn = losses.get_loss_fn(sde_lib.VPSDE(), model_fn, train=True, continuous=True)
+  loss_fn = losses.get_loss_fn(None, sde_lib.VPSDE(), model_fn, train=True, continuous=True)
   loss_fn({}, jax.random.PRNGKey(0), jnp.ones((2, 3)))
   assert seen["train"] is True and seen["rng"] is not None

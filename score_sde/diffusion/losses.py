@@ -1,8 +1,11 @@
-"""Denoising score-matching losses (Song et al., ICLR 2021, eq. 7; Song & Ermon 2019; Ho et al. 2020).
+"""Training objectives: denoising score matching (Song et al., ICLR 2021, eq. 7; Song & Ermon 2019;
+Ho et al. 2020) and the EDM loss (Karras et al., NeurIPS 2022, eq. 2 and 8).
 
-Every loss is a pure function ``loss_fn(params, key, batch, class_labels=None) -> (loss, aux)``
-built from a network ``model_fn(params, x, labels, train=, rng=)`` and an SDE. ``batch`` is the data
-x_0 [B, ...]; ``aux['losses']`` holds the per-sample losses [B] (useful for standard errors).
+Every objective is a pure function ``loss_fn(params, key, images, class_labels=None) -> (loss, aux)``
+built from a network ``model_fn(params, x, labels, train=, rng=)`` and an SDE. ``images`` is the
+data x_0 [B, ...]; ``aux['losses']`` holds the per-sample losses [B] (useful for standard errors)
+and ``loss`` is their mean. ``OBJECTIVES`` names them; ``get_loss_fn`` builds one from the config
+fields, and ``parametrization.sampling_model`` turns the trained network into a sampler's model.
 
 Class-conditional training for classifier-free guidance (Ho & Salimans 2022, Algorithm 1): a loss
 built with ``num_classes`` K > 0 takes ``class_labels`` int [B] in 0..K-1, replaces each by the null
@@ -12,16 +15,15 @@ exactly as an unconditional loss does.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from score_sde.diffusion import parametrization
 from score_sde.diffusion.sde import SDE, batch_broadcast, get_score_fn
 
-# (params, key, batch [B, ...], class_labels [B] or None) -> (loss, aux)
+# (params, key, images [B, ...], class_labels [B] or None) -> (loss, aux)
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
@@ -68,27 +70,29 @@ def get_sde_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, reduce_mean: b
                     class_dropout: float = 0.0) -> LossFn:
   """Continuous-time DSM (eq. 7), t ~ U(eps, T), x_t = m(t) x_0 + std(t) z.
 
-  Plain weighting lambda(t) = std(t)^2: reduce(||s std + z||^2).
-  Likelihood weighting lambda(t) = g(t)^2 (Song et al. 2021b): reduce(||s + z / std||^2) g(t)^2.
+  Plain weighting λ(t) = std(t)^2: reduce(||ε̂ - z||^2) with ε̂ = -std s.
+  Likelihood weighting λ(t) = g(t)^2 (Song et al. 2021b): reduce(||s - s(z)||^2) g(t)^2 with
+  s(z) = -z / std, the score of the perturbation kernel.
   """
   reduce = _reducer(reduce_mean)
   _check_class_options(num_classes, class_dropout)
 
-  def loss_fn(params, key, batch, class_labels=None):
+  def loss_fn(params, key, images, class_labels=None):
     key, class_kw = _class_conditioning(key, class_labels, num_classes, class_dropout)
     k_t, k_z, k_drop = jax.random.split(key, 3)
-    t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, minval=eps, maxval=sde.T)
-    z = jax.random.normal(k_z, batch.shape, batch.dtype)
-    mean, std = sde.marginal_prob(batch, t)
-    x_t = mean + batch_broadcast(std, batch) * z
+    t = jax.random.uniform(k_t, (images.shape[0],), images.dtype, minval=eps, maxval=sde.T)
+    z = jax.random.normal(k_z, images.shape, images.dtype)
+    mean, std = sde.marginal_prob(images, t)
+    std = batch_broadcast(std, images)
+    x_t = mean + std * z
     score_fn = get_score_fn(sde, model_fn, params, continuous=continuous, train=train, rng=k_drop,
                             **class_kw)
     score = score_fn(x_t, t)
     if likelihood_weighting:
       g2 = sde.diffusion_coef(t) ** 2
-      losses = reduce(jnp.square(score + z / batch_broadcast(std, batch))) * g2
+      losses = reduce(jnp.square(score - parametrization.score_from_noise(z, std))) * g2
     else:
-      losses = reduce(jnp.square(score * batch_broadcast(std, batch) + z))
+      losses = reduce(jnp.square(z - parametrization.noise_from_score(score, std)))
     return jnp.mean(losses), {"losses": losses}
 
   return loss_fn
@@ -96,7 +100,8 @@ def get_sde_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, reduce_mean: b
 
 def get_smld_loss_fn(vesde, model_fn: Callable, *, train: bool, reduce_mean: bool = False,
                      num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-  """Discrete SMLD loss (Song & Ermon 2019, eq. 5): reduce(||s + n / sigma^2||^2) sigma^2.
+  """Discrete SMLD loss (Song & Ermon 2019, eq. 5): reduce(||s + n / σ^2||^2) σ^2 with n = σ z, the
+  score of the perturbation kernel being -n / σ^2 = -z / σ.
 
   Noise levels are indexed in descending order, the network's label convention.
   """
@@ -104,14 +109,15 @@ def get_smld_loss_fn(vesde, model_fn: Callable, *, train: bool, reduce_mean: boo
   sigmas_desc = jnp.flip(vesde.discrete_sigmas)
   _check_class_options(num_classes, class_dropout)
 
-  def loss_fn(params, key, batch, class_labels=None):
+  def loss_fn(params, key, images, class_labels=None):
     key, class_kw = _class_conditioning(key, class_labels, num_classes, class_dropout)
     k_i, k_n, k_drop = jax.random.split(key, 3)
-    labels = jax.random.randint(k_i, (batch.shape[0],), 0, vesde.N)
-    sigma = batch_broadcast(sigmas_desc[labels].astype(batch.dtype), batch)
-    noise = jax.random.normal(k_n, batch.shape, batch.dtype) * sigma
-    score = model_fn(params, batch + noise, labels, train=train, rng=k_drop, **class_kw)
-    losses = reduce(jnp.square(score + noise / sigma**2)) * sigma.reshape(-1) ** 2
+    labels = jax.random.randint(k_i, (images.shape[0],), 0, vesde.N)
+    sigma = batch_broadcast(sigmas_desc[labels].astype(images.dtype), images)
+    z = jax.random.normal(k_n, images.shape, images.dtype)
+    score = model_fn(params, images + sigma * z, labels, train=train, rng=k_drop, **class_kw)
+    target = parametrization.score_from_noise(z, sigma)
+    losses = reduce(jnp.square(score - target)) * sigma.reshape(-1) ** 2
     return jnp.mean(losses), {"losses": losses}
 
   return loss_fn
@@ -119,18 +125,18 @@ def get_smld_loss_fn(vesde, model_fn: Callable, *, train: bool, reduce_mean: boo
 
 def get_ddpm_loss_fn(vpsde, model_fn: Callable, *, train: bool, reduce_mean: bool = True,
                      num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-  """Discrete DDPM loss (Ho et al. 2020, eq. 14): epsilon-prediction MSE at a random step."""
+  """Discrete DDPM loss (Ho et al. 2020, eq. 14): ε-prediction MSE at a random step."""
   reduce = _reducer(reduce_mean)
   _check_class_options(num_classes, class_dropout)
 
-  def loss_fn(params, key, batch, class_labels=None):
+  def loss_fn(params, key, images, class_labels=None):
     key, class_kw = _class_conditioning(key, class_labels, num_classes, class_dropout)
     k_i, k_n, k_drop = jax.random.split(key, 3)
-    labels = jax.random.randint(k_i, (batch.shape[0],), 0, vpsde.N)
-    sqrt_ab = batch_broadcast(vpsde.sqrt_alphas_cumprod[labels].astype(batch.dtype), batch)
-    sqrt_1m_ab = batch_broadcast(vpsde.sqrt_1m_alphas_cumprod[labels].astype(batch.dtype), batch)
-    noise = jax.random.normal(k_n, batch.shape, batch.dtype)
-    eps_pred = model_fn(params, sqrt_ab * batch + sqrt_1m_ab * noise, labels, train=train,
+    labels = jax.random.randint(k_i, (images.shape[0],), 0, vpsde.N)
+    sqrt_ab = batch_broadcast(vpsde.sqrt_alphas_cumprod[labels].astype(images.dtype), images)
+    sqrt_1m_ab = batch_broadcast(vpsde.sqrt_1m_alphas_cumprod[labels].astype(images.dtype), images)
+    noise = jax.random.normal(k_n, images.shape, images.dtype)
+    eps_pred = model_fn(params, sqrt_ab * images + sqrt_1m_ab * noise, labels, train=train,
                         rng=k_drop, **class_kw)
     losses = reduce(jnp.square(eps_pred - noise))
     return jnp.mean(losses), {"losses": losses}
@@ -138,28 +144,82 @@ def get_ddpm_loss_fn(vpsde, model_fn: Callable, *, train: bool, reduce_mean: boo
   return loss_fn
 
 
-DISCRETE_LOSSES = {"smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn}
+def get_edm_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, reduce_mean: bool = True,
+                    sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+                    num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
+  """EDM loss (eq. 2 with Table 1): ln σ ~ N(P_mean, P_std^2), λ(σ) = (σ^2 + σ_d^2) / (σ σ_d)^2,
+  loss = λ(σ) reduce(||D(x_0 + σ n, σ) - x_0||^2), D the preconditioned network (``precondition``).
 
-
-def get_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, reduce_mean: bool = False,
-                continuous: bool = True, likelihood_weighting: bool = False,
-                eps: float = 1e-5, num_classes: int = 0, class_dropout: float = 0.0) -> LossFn:
-  """Selects the loss from the reference config fields (``config.training.*``).
-
-  ``num_classes`` > 0 makes it class-conditional with label dropout ``class_dropout``.
-
-  Raises ValueError for combinations that are not defined.
+  The loss lives in σ, whatever the SDE; ``sde`` only maps σ to time when sampling. With λ(σ)
+  the effective target of the network has unit variance: for data N(0, σ_d^2 I) the exact
+  denoiser scores 1 per dimension at every σ (with ``reduce_mean``).
   """
+  del sde
+  reduce = _reducer(reduce_mean)
+  denoiser_fn = parametrization.precondition(model_fn, sigma_data)
+  _check_class_options(num_classes, class_dropout)
+
+  def loss_fn(params, key, images, class_labels=None):
+    key, class_kw = _class_conditioning(key, class_labels, num_classes, class_dropout)
+    k_sigma, k_n, k_drop = jax.random.split(key, 3)
+    sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (images.shape[0],), images.dtype))
+    noise = jax.random.normal(k_n, images.shape, images.dtype)
+    x_sigma = images + batch_broadcast(sigma, images) * noise
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    denoised = denoiser_fn(params, x_sigma, sigma, train=train, rng=k_drop, **class_kw)
+    losses = weight * reduce(jnp.square(denoised - images))
+    return jnp.mean(losses), {"losses": losses}
+
+  return loss_fn
+
+
+OBJECTIVES = {"dsm": get_sde_loss_fn, "smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn,
+              "edm": get_edm_loss_fn}
+
+
+def default_objective(sde: SDE, continuous: bool) -> str:
+  """The objective of the reference configs: 'dsm' when continuous, else the SDE's discrete loss."""
   if continuous:
-    return get_sde_loss_fn(sde, model_fn, train=train, reduce_mean=reduce_mean, continuous=True,
-                           likelihood_weighting=likelihood_weighting, eps=eps,
-                           num_classes=num_classes, class_dropout=class_dropout)
-  if likelihood_weighting:
-    raise ValueError("likelihood_weighting=True requires continuous=True: discrete SMLD/DDPM "
-                     "training has no likelihood weighting. Set training.continuous=True or "
-                     "training.likelihood_weighting=False.")
+    return "dsm"
   if sde.discrete_loss is None:
     raise ValueError(f"Discrete training is not defined for {type(sde).__name__}; only VESDE "
                      "(SMLD) and VPSDE (DDPM) have a discrete loss. Set training.continuous=True.")
-  return DISCRETE_LOSSES[sde.discrete_loss](sde, model_fn, train=train, reduce_mean=reduce_mean,
-                                            num_classes=num_classes, class_dropout=class_dropout)
+  return sde.discrete_loss
+
+
+def get_loss_fn(objective: Optional[str], sde: SDE, model_fn: Callable, *, train: bool,
+                reduce_mean: bool = False, continuous: bool = True,
+                likelihood_weighting: bool = False, eps: float = 1e-5, num_classes: int = 0,
+                class_dropout: float = 0.0, sigma_data: float = 0.5, p_mean: float = -1.2,
+                p_std: float = 1.2) -> LossFn:
+  """Builds the objective named ``objective`` (``config.training.loss``, a key of ``OBJECTIVES``)
+  from the ``config.training.*`` fields; None selects ``default_objective``.
+
+  ``num_classes`` > 0 makes it class-conditional with label dropout ``class_dropout``. 'dsm' takes
+  ``continuous``, ``likelihood_weighting`` and ``eps``; 'edm' takes ``sigma_data``, ``p_mean`` and
+  ``p_std``. Raises ValueError for combinations that are not defined.
+  """
+  if likelihood_weighting and not continuous:
+    raise ValueError("likelihood_weighting=True requires continuous=True: discrete SMLD/DDPM "
+                     "training has no likelihood weighting. Set training.continuous=True or "
+                     "training.likelihood_weighting=False.")
+  if objective is None:
+    objective = default_objective(sde, continuous)
+  if objective not in OBJECTIVES:
+    raise ValueError(f"Unknown objective {objective!r} (training.loss); valid choices are "
+                     f"{sorted(OBJECTIVES)}, or None for the default.")
+  if likelihood_weighting and objective != "dsm":
+    raise ValueError(f"likelihood_weighting applies to the 'dsm' objective only, not "
+                     f"{objective!r}. Set training.likelihood_weighting=False.")
+  if objective in ("smld", "ddpm"):
+    if sde.discrete_loss != objective:
+      raise ValueError(f"The discrete {objective!r} objective is not defined for "
+                       f"{type(sde).__name__}; 'smld' needs a VESDE and 'ddpm' a VPSDE.")
+    if continuous:
+      raise ValueError(f"The {objective!r} objective trains on discrete noise levels; set "
+                       "training.continuous=False so that sampling uses the same labels.")
+  options = {"dsm": dict(continuous=continuous, likelihood_weighting=likelihood_weighting, eps=eps),
+             "smld": {}, "ddpm": {},
+             "edm": dict(sigma_data=sigma_data, p_mean=p_mean, p_std=p_std)}[objective]
+  return OBJECTIVES[objective](sde, model_fn, train=train, reduce_mean=reduce_mean,
+                               num_classes=num_classes, class_dropout=class_dropout, **options)

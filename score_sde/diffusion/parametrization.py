@@ -1,26 +1,28 @@
 """Parametrizations of a diffusion model: noise levels, and conversions between predictions.
 
-Every linear SDE of ``sde.py`` has p_0t(x_t | x_0) = N(m(t) x_0, std(t)^2 I). Notation, used with
-one meaning throughout the package:
+Every SDE of ``sde.py`` has p_0t(x_t | x_0) = N(m(t) x_0, std(t)^2 I). Notation, one meaning each
+throughout the package (except ``samplers/dpm_solver.py``, which keeps its paper's α_t = m,
+σ_t = std):
 
-  symbol      name here             meaning
-  m(t)        ``m``                 mean scale: x_t = m(t) x_0 + std(t) n, n ~ N(0, I)
-  std(t)      ``std``               standard deviation of x_t given x_0
-  σ(t)        ``sigma``             noise-to-signal ratio std(t) / m(t) (EDM's σ); for VE it is std(t)
-  λ(t)        ``log_snr``           log(m / std) = -log σ (``SDE.log_snr``; half the log-SNR of VDM)
-  x_σ         ``x_sigma``           the scaled variable x_t / m(t) = x_0 + σ n (EDM's eq. 4, s(t) = m(t))
-  s(x_t, t)   score                 ∇ log p_t(x_t)
-  D(x_σ, σ)   ``Denoiser``          E[x_0 | x_σ] (Tweedie: x_σ + σ² ∇_{x_σ} log p_σ, ∇_{x_σ} = m ∇_{x_t})
+  symbol     name here    meaning
+  m, std     ``m, std``   x_t = m(t) x_0 + std(t) ε, ε ~ N(0, I) (``SDE.marginal_params``)
+  m', std'   ``dm, dstd`` their time derivatives (``marginal_coefficients``, by ``jax.jvp``)
+  σ          ``sigma``    std / m, EDM's noise level (Karras et al. 2022, eq. 4 with s = m)
+  λ          ``log_snr``  log(m / std) = -log σ (``SDE.log_snr``)
+  x_σ        ``x_sigma``  x_t / m = x_0 + σ ε
+  s          score        ∇ log p_t(x_t)
+  x̂_0        data         E[x_0 | x_t] = (x_t + std² s) / m (Tweedie)
+  ε̂          noise        E[ε | x_t] = -std s
+  v̂          velocity     E[dx_t/dt | x_t] = m' x̂_0 + std' ε̂, the probability-flow drift f - g² s / 2
+  D(x_σ, σ)  ``Denoiser`` x̂_0 as a function of (x_σ, σ)
 
-A sampler accepts either a score function ``score_fn(x_t, t)`` or a ``Denoiser``; the conversions
-between them live here and nowhere else:
-
-  * ``data_prediction(model, sde)``  -> x0_fn(x_t, t) = (x_t + std^2 s) / m
-  * ``as_denoiser(model, sde)``      -> D(x_σ, σ)
-  * ``as_score_fn(model, sde)``      -> score_fn(x_t, t)
-
-Also here: the EDM preconditioning (Karras et al. 2022, Table 1) that wraps any network into a
-denoiser.
+The conversions between these predictions are written once, below, as pure functions of x_t and
+the coefficients at t; ``data_prediction``, ``noise_prediction``, ``velocity_prediction`` and
+``as_score_fn`` turn a model (a score function ``score_fn(x_t, t)`` or a ``Denoiser``) into the
+prediction wanted, as a function of (x_t, t); the EDM, DDIM, DPM-Solver, adaptive and interpolation
+samplers take either model through them. Also here: the EDM preconditioning
+(Karras et al. 2022, Table 1) that wraps a network into a ``Denoiser``, and ``sampling_model``, the
+sampler-ready model of each training objective of ``losses.py``.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.tree_util import Partial
 
-from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast
+from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast, get_score_fn
 
 Array = jax.Array
 DenoiserFn = Callable[[Array, Array], Array]  # (x_sigma [B, ...], sigma [B]) -> x0 estimate [B, ...]
@@ -72,12 +74,65 @@ def t_of_sigma(sde: SDE, sigma: Array) -> Array:
   return t_of_log_snr(sde, -jnp.log(sigma))
 
 
-# --- score <-> denoiser <-> data prediction (the one place these conversions live) -----------
+# --- conversions at one (x_t, t); m, std, dm, dstd broadcast against x [B, ...] -------------
+
+def data_from_score(x: Array, score: Array, m: Array, std: Array) -> Array:
+  """x̂_0 = (x_t + std² s) / m (Tweedie's formula)."""
+  return (x + std**2 * score) / m
+
+
+def score_from_data(x: Array, x0: Array, m: Array, std: Array) -> Array:
+  """s = (m x̂_0 - x_t) / std²."""
+  return (m * x0 - x) / std**2
+
+
+def noise_from_score(score: Array, std: Array) -> Array:
+  """ε̂ = -std s."""
+  return -std * score
+
+
+def score_from_noise(eps: Array, std: Array) -> Array:
+  """s = -ε̂ / std (Ho et al. 2020's ε-network as a score)."""
+  return -eps / std
+
+
+def data_from_noise(x: Array, eps: Array, m: Array, std: Array) -> Array:
+  """x̂_0 = (x_t - std ε̂) / m."""
+  return (x - std * eps) / m
+
+
+def noise_from_data(x: Array, x0: Array, m: Array, std: Array) -> Array:
+  """ε̂ = (x_t - m x̂_0) / std."""
+  return (x - m * x0) / std
+
+
+def velocity_from_noise(x: Array, eps: Array, m: Array, std: Array, dm: Array,
+                        dstd: Array) -> Array:
+  """v̂ = m' x̂_0 + std' ε̂, the flow-matching velocity dx_t/dt of x_t = m x_0 + std ε given x_t
+  (rectified flow, m = 1 - t, std = t: v = ε - x_0)."""
+  return dm * data_from_noise(x, eps, m, std) + dstd * eps
+
+
+def noise_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
+                        dstd: Array) -> Array:
+  """ε̂ from x_t = m x̂_0 + std ε̂ and v̂ = m' x̂_0 + std' ε̂: (m v̂ - m' x_t) / (m std' - std m'); the
+  determinant m std' - std m' = m² dσ/dt is positive."""
+  return (m * v - dm * x) / (m * dstd - std * dm)
+
+
+def marginal_coefficients(sde: SDE, t: Array) -> tuple[Array, Array, Array, Array]:
+  """(m, std, m', std') at t [B], the derivatives by forward-mode differentiation."""
+  (m, std), (dm, dstd) = jax.jvp(sde.marginal_params, (t,), (jnp.ones_like(t),))
+  return m, std, dm, dstd
+
+
+# --- models as (x_t, t) -> prediction ---------------------------------------------------------
 
 @struct.dataclass
 class Denoiser:
-  """A denoiser D(x_σ, σ) ≈ E[x_0 | x_σ] in the σ parametrisation; samplers accept it wherever they
-  accept a score function. Build one from a network with ``get_denoiser``."""
+  """A denoiser D(x_σ, σ) ≈ E[x_0 | x_σ] in the σ parametrisation. The EDM, DDIM, DPM-Solver,
+  adaptive and interpolation samplers take it in place of a score function; ``as_score_fn`` makes a
+  score function of it for the others. Build one from a network with ``get_denoiser``."""
 
   fn: DenoiserFn
 
@@ -88,21 +143,48 @@ class Denoiser:
 Model = Union[ScoreFn, Denoiser]
 
 
+def sigma_inputs(sde: SDE, x: Array, t: Array) -> tuple[Array, Array]:
+  """(x_σ = x_t / m [B, ...], σ = std / m [B]): the same kind of input under every SDE."""
+  m, std = sde.marginal_params(t)
+  return x / batch_broadcast(m, x), std / m
+
+
 def data_prediction(model: Model, sde: SDE) -> Callable[[Array, Array], Array]:
-  """x0_fn(x_t [B, ...], t [B]) -> E[x_0 | x_t] = (x_t + std^2 s) / m."""
+  """x0_fn(x_t [B, ...], t [B]) -> x̂_0."""
 
   def x0_fn(x, t):
-    m, std = sde.marginal_params(t)
-    m_b, std_b = batch_broadcast(m, x), batch_broadcast(std, x)
     if isinstance(model, Denoiser):
-      return model(x / m_b, std / m)
-    return (x + std_b**2 * model(x, t)) / m_b
+      return model(*sigma_inputs(sde, x, t))
+    m, std = sde.marginal_params(t)
+    return data_from_score(x, model(x, t), batch_broadcast(m, x), batch_broadcast(std, x))
 
   return x0_fn
 
 
+def noise_prediction(model: Model, sde: SDE) -> Callable[[Array, Array], Array]:
+  """eps_fn(x_t [B, ...], t [B]) -> ε̂."""
+  x0_fn = data_prediction(model, sde)
+
+  def eps_fn(x, t):
+    m, std = sde.marginal_params(t)
+    return noise_from_data(x, x0_fn(x, t), batch_broadcast(m, x), batch_broadcast(std, x))
+
+  return eps_fn
+
+
+def velocity_prediction(model: Model, sde: SDE) -> Callable[[Array, Array], Array]:
+  """v_fn(x_t [B, ...], t [B]) -> v̂ = m' x̂_0 + std' ε̂ (equal to the probability-flow drift)."""
+  eps_fn = noise_prediction(model, sde)
+
+  def v_fn(x, t):
+    coefs = [batch_broadcast(c, x) for c in marginal_coefficients(sde, t)]
+    return velocity_from_noise(x, eps_fn(x, t), *coefs)
+
+  return v_fn
+
+
 def as_denoiser(model: Model, sde: SDE) -> DenoiserFn:
-  """D(x_σ [B, ...], σ [B]) = x_σ + σ^2 m s(m x_σ, t(σ)) for a score; a Denoiser passes through."""
+  """D(x_σ [B, ...], σ [B]) = x̂_0(m x_σ, t(σ)); a Denoiser passes through."""
   if isinstance(model, Denoiser):
     return model
   x0_fn = data_prediction(model, sde)
@@ -116,14 +198,14 @@ def as_denoiser(model: Model, sde: SDE) -> DenoiserFn:
 
 
 def as_score_fn(model: Model, sde: SDE) -> ScoreFn:
-  """score_fn(x_t, t) = (m D(x_t / m, σ) - x_t) / std^2 for a Denoiser; a score passes through."""
+  """score_fn(x_t, t) = (m D(x_t / m, σ) - x_t) / std² for a Denoiser; a score passes through."""
   if not isinstance(model, Denoiser):
     return model
   x0_fn = data_prediction(model, sde)
 
   def score_fn(x, t):
     m, std = sde.marginal_params(t)
-    return (batch_broadcast(m, x) * x0_fn(x, t) - x) / batch_broadcast(std**2, x)
+    return score_from_data(x, x0_fn(x, t), batch_broadcast(m, x), batch_broadcast(std, x))
 
   return score_fn
 
@@ -142,18 +224,43 @@ def preconditioning(sigma: Array, sigma_data: float = 0.5) -> tuple[Array, Array
 
 def precondition(model_fn: Callable, sigma_data: float = 0.5) -> Callable:
   """Wraps any network ``model_fn(params, x, labels, train=, rng=)`` as the EDM denoiser
-  ``D(params, x_σ, σ, train=, rng=) = c_skip x_σ + c_out F(c_in x_σ, c_noise)`` (eq. 7)."""
+  ``D(params, x_σ, σ, train=, rng=, class_labels=) = c_skip x_σ + c_out F(c_in x_σ, c_noise)``
+  (eq. 7). ``class_labels`` int [B] reach a class-conditional network only when given."""
 
-  def denoiser_fn(params, x_sigma, sigma, train: bool = False, rng: Optional[Array] = None):
+  def denoiser_fn(params, x_sigma, sigma, train: bool = False, rng: Optional[Array] = None,
+                  class_labels: Optional[Array] = None):
     c_skip, c_out, c_in, c_noise = preconditioning(sigma, sigma_data)
-    out = model_fn(params, batch_broadcast(c_in, x_sigma) * x_sigma, c_noise, train=train, rng=rng)
+    class_kw = {} if class_labels is None else {"class_labels": class_labels}
+    out = model_fn(params, batch_broadcast(c_in, x_sigma) * x_sigma, c_noise, train=train, rng=rng,
+                   **class_kw)
     return batch_broadcast(c_skip, x_sigma) * x_sigma + batch_broadcast(c_out, x_sigma) * out
 
   return denoiser_fn
 
 
 def get_denoiser(model_fn: Callable, params, *, sigma_data: float = 0.5, train: bool = False,
-                 rng: Optional[Array] = None) -> Denoiser:
-  """The preconditioned network with fixed params as a ``Denoiser`` for the samplers."""
+                 rng: Optional[Array] = None, class_labels: Optional[Array] = None) -> Denoiser:
+  """The preconditioned network with fixed params (and class labels) as a ``Denoiser``."""
   denoiser_fn = precondition(model_fn, sigma_data)
-  return Denoiser(fn=Partial(lambda p, x, s: denoiser_fn(p, x, s, train=train, rng=rng), params))
+  return Denoiser(fn=Partial(
+      lambda p, x, s: denoiser_fn(p, x, s, train=train, rng=rng, class_labels=class_labels),
+      params))
+
+
+# --- the network of a training objective as a sampler-ready model -----------------------------
+
+SCORE_OBJECTIVES = (None, "dsm", "smld", "ddpm")
+
+
+def sampling_model(objective: Optional[str], sde: SDE, model_fn: Callable, params, *,
+                   continuous: bool, sigma_data: float = 0.5,
+                   class_labels: Optional[Array] = None) -> Model:
+  """The network trained with ``objective`` (a key of ``losses.OBJECTIVES``, None for the default)
+  as a model the samplers take: a score function (``sde.get_score_fn``, the SDE's output
+  parametrization) for 'dsm', 'smld' and 'ddpm'; the EDM-preconditioned ``Denoiser`` for 'edm'."""
+  if objective == "edm":
+    return get_denoiser(model_fn, params, sigma_data=sigma_data, class_labels=class_labels)
+  if objective in SCORE_OBJECTIVES:
+    return get_score_fn(sde, model_fn, params, continuous=continuous, class_labels=class_labels)
+  raise ValueError(f"Unknown objective {objective!r}; valid choices are "
+                   f"{sorted(o for o in SCORE_OBJECTIVES if o)} and 'edm'.")

@@ -108,6 +108,12 @@ class SDE:
     return jnp.log(m) - jnp.log(std)
 
 
+def _score_from_noise(eps: Array, std: Array) -> Array:
+  # parametrization.py builds on this module, so it is imported when first needed.
+  from score_sde.diffusion.parametrization import score_from_noise
+  return score_from_noise(eps, std)
+
+
 def _reverse_coefs(probability_flow: bool) -> tuple[float, float]:
   # (weight of g^2 s in the drift, multiplier of the diffusion)
   return (0.5, 0.0) if probability_flow else (1.0, 1.0)
@@ -219,8 +225,9 @@ class _VPFamily(SDE):
     return 999.0 * t
 
   def score_from_output(self, output, t, continuous):
+    """The network predicts the noise ε: s = -ε / std(t)."""
     del continuous
-    return -output / batch_broadcast(self.marginal_params(t)[1], output)
+    return _score_from_noise(output, batch_broadcast(self.marginal_params(t)[1], output))
 
 
 @struct.dataclass
@@ -277,7 +284,7 @@ class VPSDE(_VPFamily):
       std = self.marginal_params(t)[1]
     else:
       std = self.sqrt_1m_alphas_cumprod[self.noise_labels(t, False).astype(jnp.int32)]
-    return -output / batch_broadcast(std, output)
+    return _score_from_noise(output, batch_broadcast(std, output))
 
 
 @struct.dataclass

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from score_sde.diffusion import parametrization
 from score_sde.samplers import sampling
 from score_sde.samplers.predictors import per_sample_normal
 from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast
@@ -130,8 +131,7 @@ def classifier_inputs(sde: SDE, x: Array, t: Array) -> tuple[Array, Array]:
   classifier sees the same kind of input under every SDE. For VE, m = 1 and sigma = sigma(t), the
   reference's convention.
   """
-  m, std = sde.marginal_params(t)
-  return x / batch_broadcast(m, x), std / m
+  return parametrization.sigma_inputs(sde, x, t)
 
 
 def classifier_log_prob_fn(logits_fn: LogitsFn, sde: SDE) -> ClassLogProbFn:

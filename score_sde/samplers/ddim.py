@@ -68,7 +68,7 @@ def ddim_step(x0_fn, sde: SDE, x: Array, t: Array, s: Array, eta, z: Optional[Ar
   m_t, std_t = sde.marginal_params(t)
   m_s, std_s = sde.marginal_params(s)
   x0 = x0_fn(x, jnp.full((batch,), t, x.dtype))
-  eps_hat = (x - m_t * x0) / std_t
+  eps_hat = parametrization.noise_from_data(x, x0, m_t, std_t)
   x_s = m_s * x0
   if z is None:
     return x_s + std_s * eps_hat

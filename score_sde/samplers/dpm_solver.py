@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from score_sde.diffusion import parametrization
 from score_sde.samplers import edm
-from score_sde.diffusion.sde import SDE, batch_broadcast
+from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
 
@@ -112,15 +112,9 @@ class _Update:
 
 
 def _prediction_fn(model, sde: SDE, data: bool):
-  x0_fn = parametrization.data_prediction(model, sde)
   if data:
-    return x0_fn
-
-  def eps_fn(x, t):
-    m, std = sde.marginal_params(t)
-    return (x - batch_broadcast(m, x) * x0_fn(x, t)) / batch_broadcast(std, x)
-
-  return eps_fn
+    return parametrization.data_prediction(model, sde)
+  return parametrization.noise_prediction(model, sde)
 
 
 def dpm_solver_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *,

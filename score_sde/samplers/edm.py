@@ -1,21 +1,21 @@
 """EDM: "Elucidating the Design Space of Diffusion-Based Generative Models" (Karras et al., NeurIPS 2022).
 
-The EDM loss (eq. 2, 8 with log-normal σ and λ(σ)), the ρ = 7 schedule (eq. 5) and the Heun sampler
-with optional churn (Algorithm 2), and the per-sample randomness helpers shared by the samplers of
-this package. The σ parametrisation, ``Denoiser`` and the preconditioning are in
-``score_sde/diffusion/parametrization.py``.
+The ρ = 7 schedule (eq. 5) and the Heun sampler with optional churn (Algorithm 2), and the
+per-sample randomness helpers shared by the samplers of this package. The σ parametrisation,
+``Denoiser`` and the preconditioning are in ``score_sde/diffusion/parametrization.py``, the EDM loss
+in ``score_sde/diffusion/losses.py``.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from score_sde.diffusion.parametrization import (Denoiser, Model, as_denoiser, precondition,
+from score_sde.diffusion.parametrization import (Denoiser, Model, as_denoiser, sigma_inputs,
                                                  sigma_of_t)
-from score_sde.diffusion.sde import SDE, batch_broadcast
+from score_sde.diffusion.sde import SDE
 from score_sde.samplers import sampling
 
 sample_keys = sampling.sample_keys
@@ -53,36 +53,6 @@ def check_shape(shape) -> tuple[int, ...]:
 
 def default_dtype():
   return jnp.zeros(()).dtype  # float64 under jax_enable_x64
-
-
-# --- loss (eq. 2 and 8) ---------------------------------------------------------------------
-
-def get_edm_loss_fn(model_fn: Callable, *, train: bool, sigma_data: float = 0.5, p_mean: float = -1.2,
-                    p_std: float = 1.2, reduce_mean: bool = True):
-  """EDM training loss (eq. 2 with Table 1): ln σ ~ N(P_mean, P_std^2),
-  λ(σ) = (σ^2 + σ_data^2) / (σ σ_data)^2, loss = λ(σ) reduce(|D(x_0 + σ n, σ) - x_0|^2).
-
-  ``loss_fn(params, key, batch) -> (loss, {'losses': [B]})`` like ``losses.py``. With λ(σ) the
-  effective target of F has unit variance: for data N(0, σ_data^2 I) the exact denoiser scores 1
-  per dimension at every σ (tested).
-  """
-  denoiser_fn = precondition(model_fn, sigma_data)
-
-  def reduce(v):
-    v = v.reshape(v.shape[0], -1)
-    return jnp.mean(v, axis=-1) if reduce_mean else 0.5 * jnp.sum(v, axis=-1)
-
-  def loss_fn(params, key, batch):
-    k_sigma, k_n, k_drop = jax.random.split(key, 3)
-    sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (batch.shape[0],), batch.dtype))
-    noise = jax.random.normal(k_n, batch.shape, batch.dtype)
-    x_sigma = batch + batch_broadcast(sigma, batch) * noise
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    denoised = denoiser_fn(params, x_sigma, sigma, train=train, rng=k_drop)
-    losses = weight * reduce(jnp.square(denoised - batch))
-    return jnp.mean(losses), {"losses": losses}
-
-  return loss_fn
 
 
 # --- schedule and sampler (eq. 5, Algorithm 2) -------------------------------------------------
@@ -128,8 +98,7 @@ def _edm_sample(key, model, sde, eps, rho, s_churn, s_tmin, s_tmax, s_noise, *, 
   keys = sample_keys(key, batch)
   sigma_min, sigma_max = sigma_range(sde, eps)
   sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho).astype(dtype)
-  m_T, _ = sde.marginal_params(jnp.asarray(sde.T, dtype))
-  x = prior_sample(keys, sde, shape, dtype) / m_T  # x_σ at σ(T)
+  x, _ = sigma_inputs(sde, prior_sample(keys, sde, shape, dtype), jnp.full((batch,), sde.T, dtype))
   gamma_max = jnp.minimum(s_churn / num_steps, jnp.sqrt(2.0) - 1.0)
 
   def slope(x, sigma):
