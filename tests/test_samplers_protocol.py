@@ -26,7 +26,7 @@ SDES = {"vp": sde_lib.VPSDE(N=50), "ve": sde_lib.VESDE(sigma_min=0.01, sigma_max
 OPTIONS = {
     "pc": dict(corrector="ald"),  # the reference's langevin corrector couples the batch: see below
     "ald": dict(step_lr=1e-4, n_steps_each=2),
-    "ode": dict(rtol=1e-4, atol=1e-4),
+    "ode": dict(rtol=1e-3, atol=1e-3, solver="bosh3"),
     "ddim": dict(num_steps=5, eta=1.0),
     "dpm_solver": dict(num_steps=5, stochastic=True),
     "edm": dict(num_steps=5, s_churn=10.0),
