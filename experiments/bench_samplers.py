@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from score_sde.samplers import likelihood, sampling
+from score_sde.samplers import SAMPLERS, likelihood
 from score_sde.diffusion import sde as sde_lib
 
 
@@ -94,20 +94,19 @@ def main():
 
   print("| sampler | NFE | wall time (s) | wall / (NFE x eval) |")
   print("|---|---|---|---|")
-  runs = [
-      ("sample_pc reverse_diffusion + langevin", lambda k: sampling.sample_pc(k, score_fn, sde, shape)),
-      ("sample_pc euler_maruyama, no corrector", lambda k: sampling.sample_pc(
-          k, score_fn, sde, shape, predictor="euler_maruyama", corrector="none")),
-      ("sample_pc ancestral_sampling + ald", lambda k: sampling.sample_pc(
-          k, score_fn, sde, shape, predictor="ancestral_sampling", corrector="ald")),
-      ("sample_ode tsit5 rtol=1e-3", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-3, atol=1e-3)),
-      ("sample_ode tsit5 rtol=1e-5", lambda k: sampling.sample_ode(k, score_fn, sde, shape, rtol=1e-5, atol=1e-5)),
+  runs = [  # (label, name in SAMPLERS, options)
+      ("sample_pc reverse_diffusion + langevin", "pc", {}),
+      ("sample_pc euler_maruyama, no corrector", "pc", dict(predictor="euler_maruyama", corrector="none")),
+      ("sample_pc ancestral_sampling + ald", "pc", dict(predictor="ancestral_sampling", corrector="ald")),
+      ("sample_ode tsit5 rtol=1e-3", "ode", dict(rtol=1e-3, atol=1e-3)),
+      ("sample_ode tsit5 rtol=1e-5", "ode", dict(rtol=1e-5, atol=1e-5)),
   ]
   score_eval = lambda: eval_fn(params, x, t)
-  for name, run in runs:
-    nfe = int(run(jax.random.PRNGKey(0))[1]["nfe"])
+  for label, name, options in runs:
+    run = lambda k: SAMPLERS[name](k, score_fn, sde, shape, **options)
+    nfe = run(jax.random.PRNGKey(0))[1]["nfe"]
     wall, ratio = overhead(lambda: run(jax.random.PRNGKey(2))[0], nfe, score_eval, args.repeats)
-    print(f"| {name} | {nfe} | {wall:.3f} | {ratio:.3f} |")
+    print(f"| {label} | {nfe} | {wall:.3f} | {ratio:.3f} |")
 
   xl = x[: args.ll_batch]
   tl = t[: args.ll_batch]

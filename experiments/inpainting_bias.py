@@ -23,8 +23,8 @@ from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
 SAMPLERS = {
     "predictor only (reverse diffusion)": dict(corrector="none"),
-    "RD + Langevin, snr 0.16, 1 step": dict(corrector="langevin", snr=0.16, n_steps=1),
-    "RD + Langevin, snr 0.16, 3 steps": dict(corrector="langevin", snr=0.16, n_steps=3),
+    "RD + Langevin, snr 0.16, 1 step": dict(corrector="langevin", snr=0.16, n_steps_each=1),
+    "RD + Langevin, snr 0.16, 3 steps": dict(corrector="langevin", snr=0.16, n_steps_each=3),
 }
 
 

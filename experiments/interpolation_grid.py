@@ -2,7 +2,7 @@
 
   PYTHONPATH=. python experiments/interpolation_grid.py --out docs/figures/interpolation.png
 
-Each row pairs two data points: they are encoded with ``sampling.encode``, their latents joined by
+Each row pairs two data points: they are encoded with ``ode.encode``, their latents joined by
 slerp (left) or lerp (right), and every point decoded (``interpolation.interpolate``, exact scores).
 """
 import argparse
@@ -34,14 +34,14 @@ def main():
   x_b = target.sample(jax.random.PRNGKey(1), args.pairs)
   background = np.asarray(target.sample(jax.random.PRNGKey(2), 3000))
   fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-  for ax, method in zip(axes, ("slerp", "lerp")):
-    path, _ = interpolation.interpolate(score_fn, sde, x_a, x_b, args.points, method=method,
+  for ax, interpolant in zip(axes, ("slerp", "lerp")):
+    path, _ = interpolation.interpolate(score_fn, sde, x_a, x_b, args.points, interpolant=interpolant,
                                         rtol=1e-4, atol=1e-4)
     path = np.asarray(path)  # [K, B, 2]
     ax.scatter(*background.T, s=1, c="0.8")
     for b in range(args.pairs):
       ax.plot(path[:, b, 0], path[:, b, 1], ".-", ms=4)
-    ax.set(title=f"{method} of PF-ODE latents", aspect="equal")
+    ax.set(title=f"{interpolant} of PF-ODE latents", aspect="equal")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   fig.tight_layout()
   fig.savefig(args.out, dpi=100)

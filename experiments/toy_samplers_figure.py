@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde.samplers import sampling
+from score_sde.samplers import ald, ode, pc
 from score_sde.diffusion import toy  # noqa: E402
 from score_sde.diffusion import sde as sde_lib  # noqa: E402
 
@@ -27,17 +27,18 @@ def panels(n: int, steps: int):
   key = jax.random.PRNGKey(0)
   shape = (n, 2)
   yield "data", mix.sample(key, n), None
-  yield "PC VE: reverse diffusion + Langevin", *sampling.sample_pc(key, mix.score_fn(ve), ve, shape, eps=1e-5)
-  yield "PC VP: Euler-Maruyama", *sampling.sample_pc(
+  yield "PC VE: reverse diffusion + Langevin", *pc.sample_pc(key, mix.score_fn(ve), ve, shape, eps=1e-5)
+  yield "PC VP: Euler-Maruyama", *pc.sample_pc(
       key, mix.score_fn(vp), vp, shape, predictor="euler_maruyama", corrector="none")
-  yield "PC VP: ancestral + ALD corrector", *sampling.sample_pc(
+  yield "PC VP: ancestral + ALD corrector", *pc.sample_pc(
       key, mix.score_fn(vp), vp, shape, predictor="ancestral_sampling", corrector="ald")
-  yield "PC sub-VP: Langevin only (snr .25, 3 steps)", *sampling.sample_pc(
-      key, mix.score_fn(subvp), subvp, shape, predictor="none", corrector="langevin", snr=0.25, n_steps=3)
-  yield "annealed Langevin (NCSN), VE", *sampling.sample_ald(
+  yield "PC sub-VP: Langevin only (snr .25, 3 steps)", *pc.sample_pc(
+      key, mix.score_fn(subvp), subvp, shape, predictor="none", corrector="langevin", snr=0.25,
+      n_steps_each=3)
+  yield "annealed Langevin (NCSN), VE", *ald.sample_ald(
       key, mix.score_fn(ve), ve, shape, step_lr=2e-5, n_steps_each=5)
-  yield "probability-flow ODE, VP (tsit5)", *sampling.sample_ode(key, mix.score_fn(vp), vp, shape)
-  yield "probability-flow ODE, VE (tsit5)", *sampling.sample_ode(key, mix.score_fn(ve), ve, shape, eps=1e-5)
+  yield "probability-flow ODE, VP (tsit5)", *ode.sample_ode(key, mix.score_fn(vp), vp, shape)
+  yield "probability-flow ODE, VE (tsit5)", *ode.sample_ode(key, mix.score_fn(ve), ve, shape, eps=1e-5)
 
 
 def main():

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.samplers import sampling
+from score_sde.samplers import pc
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
 
@@ -129,9 +129,9 @@ def eps_for(sde):
 
 def check_pc(sde, predictor, corrector, snr, n_steps, probability_flow, num_steps):
   sde = dataclasses.replace(sde, N=num_steps)
-  x, info = sampling.sample_pc(jax.random.PRNGKey(0), isotropic_score_fn(sde), sde, (N_SAMPLES, 2),
-                              predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
-                              probability_flow=probability_flow, eps=eps_for(sde))
+  x, info = pc.sample_pc(jax.random.PRNGKey(0), isotropic_score_fn(sde), sde, (N_SAMPLES, 2),
+                         predictor=predictor, corrector=corrector, snr=snr, n_steps_each=n_steps,
+                         probability_flow=probability_flow, eps=eps_for(sde))
   assert x.shape == (N_SAMPLES, 2)
   assert info["nfe"] == sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
   assert_matches_mixture(x)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.samplers import controllable, sampling
+from score_sde.samplers import controllable, guidance, ode, pc
+from score_sde.diffusion import parametrization
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
 
@@ -75,6 +76,19 @@ def test_inpaint_images_keeps_observed_pixels_and_broadcasts_the_mask(x64):
   assert np.all(np.asarray(x)[~keep] != np.asarray(data)[~keep])
 
 
+def test_inpaint_takes_a_denoiser(x64):
+  """A Denoiser is converted to its score at entry: same samples as the score it came from."""
+  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=50)
+  score_fn = toy.gaussian(jnp.asarray(MEAN), jnp.asarray(COV)).score_fn(sde)
+  denoiser = parametrization.Denoiser(fn=parametrization.as_denoiser(score_fn, sde))
+  data = jnp.tile(jnp.asarray([[Y, 0.0]]), (8, 1))
+  mask = jnp.asarray([1.0, 0.0])
+  from_score, _ = controllable.inpaint(jax.random.PRNGKey(0), score_fn, sde, data, mask)
+  from_denoiser, _ = controllable.inpaint(jax.random.PRNGKey(0), denoiser, sde, data, mask)
+  np.testing.assert_allclose(from_denoiser, from_score, rtol=1e-9, atol=1e-9)
+  assert np.all(np.asarray(from_denoiser)[:, 0] == Y)
+
+
 def test_colorize_matches_the_replacement_limit_in_the_decoupled_basis(x64):
   basis = controllable.COLOR_BASIS
   np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-15)
@@ -121,7 +135,7 @@ def test_classifier_guidance_scale_one_is_the_exact_conditional_score(x64):
   x = 3.0 * jax.random.normal(jax.random.PRNGKey(4), (64, 2))
   t = jax.random.uniform(jax.random.PRNGKey(5), (64,), minval=1e-3, maxval=1.0)
   for y in (0, 1):
-    guided = controllable.classifier_guidance(mix.score_fn(sde), log_prob, jnp.full((64,), y), 1.0)
+    guided = guidance.classifier_guidance(mix.score_fn(sde), log_prob, jnp.full((64,), y), 1.0)
     # p(x | y) is the mixture with weights proportional to w_k p(y | k).
     conditional = toy.isotropic_mixture(0.5 * P_Y_GIVEN_K[y], jnp.asarray(MIX_MEANS), MIX_STD)
     np.testing.assert_allclose(guided(x, t), conditional.marginal_score(sde, x, t), atol=1e-10)
@@ -139,10 +153,10 @@ def test_classifier_guided_samples_reweight_the_components(x64, scale):
   mix, log_prob = _mixture_and_classifier(sde)
   n = 2000
   y = jnp.arange(n) % 2  # per-sample labels, alternating
-  guided = controllable.classifier_guidance(mix.score_fn(sde), log_prob, y, scale)
+  guided = guidance.classifier_guidance(mix.score_fn(sde), log_prob, y, scale)
   expected = P_Y_GIVEN_K[0, 0] ** scale / (P_Y_GIVEN_K[0, 0] ** scale + P_Y_GIVEN_K[0, 1] ** scale)
-  runs = {"pc": sampling.sample_pc(jax.random.PRNGKey(6), guided, sde, (n, 2), corrector="none"),
-          "ode": sampling.sample_ode(jax.random.PRNGKey(7), guided, sde, (n, 2))}
+  runs = {"pc": pc.sample_pc(jax.random.PRNGKey(6), guided, sde, (n, 2), corrector="none"),
+          "ode": ode.sample_ode(jax.random.PRNGKey(7), guided, sde, (n, 2))}
   for name, (x, _) in runs.items():
     x = np.asarray(x)
     for label, frac_left in ((0, expected), (1, 1 - expected)):
@@ -170,7 +184,7 @@ def test_cfg_score_is_the_score_of_the_tilted_gaussian(x64):
   cond = toy.gaussian(jnp.asarray([1.0, 0.5]), jnp.asarray([[0.3, 0.1], [0.1, 0.2]]))
   uncond = toy.gaussian(jnp.asarray([0.0, 0.0]), jnp.asarray([[1.0, 0.2], [0.2, 0.8]]))
   w, n = 2.0, 32
-  guided = controllable.classifier_free_guidance(_labelled_score(sde, cond, uncond, 5),
+  guided = guidance.classifier_free_guidance(_labelled_score(sde, cond, uncond, 5),
                                                  jnp.zeros((n,), jnp.int32), 5, w)
   x = jax.random.normal(jax.random.PRNGKey(8), (n, 2))
   for t in (0.01, 0.3, 0.9):
@@ -190,11 +204,11 @@ def test_cfg_with_equal_covariances_samples_the_tilted_gaussian(x64):
   cov = np.array([[0.3, 0.1], [0.1, 0.2]])
   mu_c, mu_u, w, n = np.array([1.0, 0.5]), np.array([0.2, -0.2]), 1.5, 2000
   cond, uncond = toy.gaussian(jnp.asarray(mu_c), jnp.asarray(cov)), toy.gaussian(jnp.asarray(mu_u), jnp.asarray(cov))
-  guided = controllable.classifier_free_guidance(_labelled_score(sde, cond, uncond, 10),
+  guided = guidance.classifier_free_guidance(_labelled_score(sde, cond, uncond, 10),
                                                  jnp.full((n,), 3), 10, w)
   tilted_mean = (1 + w) * mu_c - w * mu_u
-  for x, _ in (sampling.sample_pc(jax.random.PRNGKey(9), guided, sde, (n, 2), corrector="none"),
-               sampling.sample_ode(jax.random.PRNGKey(10), guided, sde, (n, 2))):
+  for x, _ in (pc.sample_pc(jax.random.PRNGKey(9), guided, sde, (n, 2), corrector="none"),
+               ode.sample_ode(jax.random.PRNGKey(10), guided, sde, (n, 2))):
     _check_moments(np.asarray(x), tilted_mean, cov)
 
 
@@ -204,9 +218,9 @@ def test_guided_samplers_do_not_recompile_for_new_labels_or_weights(x64):
   labelled = _labelled_score(sde, cond, uncond, 2)
   before = None
   for y, w in ((0, 1.0), (1, 3.0)):
-    guided = controllable.classifier_free_guidance(labelled, jnp.full((4,), y), 2, w)
-    sampling.sample_pc(jax.random.PRNGKey(0), guided, sde, (4, 2))
-    size = sampling._sample_pc._cache_size()
+    guided = guidance.classifier_free_guidance(labelled, jnp.full((4,), y), 2, w)
+    pc.sample_pc(jax.random.PRNGKey(0), guided, sde, (4, 2))
+    size = pc._sample_pc._cache_size()
     assert before is None or size == before
     before = size
 
@@ -222,4 +236,4 @@ def test_bad_inputs_get_clear_errors():
   with pytest.raises(ValueError, match=r"\[B, H, W, 1\]"):
     controllable.colorize(jax.random.PRNGKey(0), score_fn, sde, data)
   with pytest.raises(ValueError, match="one class label per sample"):
-    controllable.classifier_free_guidance(lambda x, t, y: x, jnp.zeros((2, 1)), 10, 1.0)
+    guidance.classifier_free_guidance(lambda x, t, y: x, jnp.zeros((2, 1)), 10, 1.0)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.samplers import ddim, dpm_solver, edm
+from score_sde.samplers import common, ddim, dpm_solver
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
 
@@ -33,11 +33,11 @@ def test_eta0_converges_to_probability_flow_ode(sde, x64):
   """Same x_T: the DDIM error against the tightly solved PF ODE halves with doubled steps (order 1)."""
   score_fn = _mixture().score_fn(sde)
   key, shape, eps = jax.random.PRNGKey(0), (8, 2), 1e-3
-  x_T = edm.prior_sample(edm.sample_keys(key, 8), sde, shape, jnp.float64)
+  x_T = common.prior_sample(common.sample_keys(key, 8), sde, shape, jnp.float64)
   ref = _pf_ode_reference(score_fn, sde, x_T, eps)
   errors = []
   for n in (100, 200, 400):
-    x, info = ddim.ddim_sample(key, score_fn, sde, shape, num_steps=n, eps=eps)
+    x, info = ddim.sample_ddim(key, score_fn, sde, shape, num_steps=n, eps=eps, denoise=False)
     assert info["nfe"] == n
     errors.append(np.abs(np.asarray(x) - ref).mean())
   slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
@@ -68,8 +68,8 @@ def test_eta0_equals_first_order_dpm_solver(x64):
   sde = sde_lib.SubVPSDE()
   score_fn = _mixture().score_fn(sde)
   key, shape = jax.random.PRNGKey(2), (6, 2)
-  x_ddim, _ = ddim.ddim_sample(key, score_fn, sde, shape, num_steps=12)
-  x_dpm, _ = dpm_solver.dpm_solver_sample(key, score_fn, sde, shape, order=1, spacing="time",
+  x_ddim, _ = ddim.sample_ddim(key, score_fn, sde, shape, num_steps=12)
+  x_dpm, _ = dpm_solver.sample_dpm_solver(key, score_fn, sde, shape, order=1, spacing="time",
                                           num_steps=12)
   np.testing.assert_allclose(x_ddim, x_dpm, rtol=1e-10, atol=1e-10)
 
@@ -78,7 +78,7 @@ def test_eta1_matches_target_moments(x64):
   sde = sde_lib.VPSDE()
   gauss = toy.gaussian(jnp.asarray(MU), jnp.asarray(SIGMA))
   grid = ddim.ddpm_timesteps(sde, 100, kind="quadratic")
-  x, info = ddim.ddim_sample(jax.random.PRNGKey(3), gauss.score_fn(sde), sde, (4000, 2), eta=1.0,
+  x, info = ddim.sample_ddim(jax.random.PRNGKey(3), gauss.score_fn(sde), sde, (4000, 2), eta=1.0,
                              timesteps=grid, denoise=True)
   assert info["nfe"] == grid.shape[0]
   x = np.asarray(x)
@@ -95,6 +95,6 @@ def test_ddpm_timesteps_and_bad_input():
     assert np.all(np.diff(grid) < 0) and grid[0] <= 1.0 and grid[-1] > 0
     np.testing.assert_allclose(grid * 999, np.round(grid * 999), atol=1e-9)  # on the discrete steps
   with pytest.raises(ValueError, match="strictly decreasing"):
-    ddim.ddim_sample(jax.random.PRNGKey(0), lambda x, t: -x, sde, (2, 2), timesteps=jnp.array([0.5, 0.9]))
+    ddim.sample_ddim(jax.random.PRNGKey(0), lambda x, t: -x, sde, (2, 2), timesteps=jnp.array([0.5, 0.9]))
   with pytest.raises(ValueError, match="eta must be in"):
-    ddim.ddim_sample(jax.random.PRNGKey(0), lambda x, t: -x, sde, (2, 2), eta=1.5)
+    ddim.sample_ddim(jax.random.PRNGKey(0), lambda x, t: -x, sde, (2, 2), eta=1.5)

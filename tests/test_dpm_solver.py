@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from score_sde.diffusion import parametrization
-from score_sde.samplers import dpm_solver, edm
+from score_sde.samplers import common, dpm_solver
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
 
@@ -30,13 +30,14 @@ def _exact_flow(sde, x_T, t):
 
 def _errors(sde, steps, **hparams):
   key, shape = jax.random.PRNGKey(0), (16, 2)
-  x_T = edm.prior_sample(edm.sample_keys(key, 16), sde, shape, jnp.float64)
+  x_T = common.prior_sample(common.sample_keys(key, 16), sde, shape, jnp.float64)
   ref = _exact_flow(sde, x_T, EPS)
   out = []
   for n in steps:
-    x, info = dpm_solver.dpm_solver_sample(key, _gaussian().score_fn(sde), sde, shape, num_steps=n,
-                                           eps=EPS, lower_order_final=False, **hparams)
-    per_step = hparams.get("order", 2) if hparams.get("method") == "singlestep" else 1
+    x, info = dpm_solver.sample_dpm_solver(key, _gaussian().score_fn(sde), sde, shape, num_steps=n,
+                                           eps=EPS, lower_order_final=False, denoise=False,
+                                           **hparams)
+    per_step = hparams.get("order", 2) if hparams.get("variant") == "singlestep" else 1
     assert info["nfe"] == per_step * n
     out.append(np.abs(np.asarray(x) - ref).max())
   return np.array(out)
@@ -45,10 +46,10 @@ def _errors(sde, steps, **hparams):
 # (hparams, steps, slope range). Slopes measured from the log-log error at two step counts; third-order
 # multistep is still super-convergent (slope ~3.7-4) at these step counts, so its bound is wider.
 ORDER_CASES = [
-    pytest.param(dict(order=2, method="singlestep"), (20, 40), (1.8, 2.3), id="dpm++2S"),
-    pytest.param(dict(order=2, method="multistep"), (20, 40), (1.8, 2.3), id="dpm++2M"),
-    pytest.param(dict(order=3, method="singlestep", predict="noise"), (20, 40), (2.7, 3.6), id="dpm3"),
-    pytest.param(dict(order=3, method="multistep"), (20, 40), (2.7, 4.3), id="dpm++3M"),
+    pytest.param(dict(order=2, variant="singlestep"), (20, 40), (1.8, 2.3), id="dpm++2S"),
+    pytest.param(dict(order=2, variant="multistep"), (20, 40), (1.8, 2.3), id="dpm++2M"),
+    pytest.param(dict(order=3, variant="singlestep", predict="noise"), (20, 40), (2.7, 3.6), id="dpm3"),
+    pytest.param(dict(order=3, variant="multistep"), (20, 40), (2.7, 4.3), id="dpm++3M"),
 ]
 
 
@@ -62,7 +63,7 @@ def test_convergence_order_vp(hparams, steps, bounds, x64):
 def test_2m_on_ve_is_second_order(x64):
   """VE through its σ parametrisation (α = 1); sub-VP is covered by DDIM = DPM-Solver-1 in test_ddim."""
   errors = _errors(sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0), (20, 40), order=2,
-                   method="multistep", spacing="logsnr")
+                   variant="multistep", spacing="logsnr")
   slope = np.log2(errors[0] / errors[1])
   assert 1.8 < slope < 2.3, (errors, slope)
 
@@ -83,8 +84,9 @@ def test_timesteps(spacing, x64):
 def test_sde_variant_matches_target_moments(x64):
   """SDE-DPM-Solver++(2M) on the reverse SDE: sample moments of a Gaussian within standard errors."""
   sde = sde_lib.VPSDE()
-  x, info = dpm_solver.dpm_solver_sample(jax.random.PRNGKey(1), _gaussian().score_fn(sde), sde,
-                                         (4000, 2), num_steps=50, order=2, stochastic=True)
+  x, info = dpm_solver.sample_dpm_solver(jax.random.PRNGKey(1), _gaussian().score_fn(sde), sde,
+                                         (4000, 2), num_steps=50, order=2, stochastic=True,
+                                         denoise=False)
   assert info["nfe"] == 50
   x = np.asarray(x)
   n = x.shape[0]
@@ -99,8 +101,8 @@ def test_denoiser_input_equals_score_input(x64):
   score_fn = _gaussian().score_fn(sde)
   denoiser = parametrization.Denoiser(fn=parametrization.as_denoiser(score_fn, sde))
   kw = dict(num_steps=8, order=3)
-  a, _ = dpm_solver.dpm_solver_sample(jax.random.PRNGKey(2), score_fn, sde, (4, 2), **kw)
-  b, _ = dpm_solver.dpm_solver_sample(jax.random.PRNGKey(2), denoiser, sde, (4, 2), **kw)
+  a, _ = dpm_solver.sample_dpm_solver(jax.random.PRNGKey(2), score_fn, sde, (4, 2), **kw)
+  b, _ = dpm_solver.sample_dpm_solver(jax.random.PRNGKey(2), denoiser, sde, (4, 2), **kw)
   np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
@@ -109,9 +111,9 @@ def test_bad_input_is_rejected():
   score_fn = lambda x, t: -x
   key = jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match="order must be"):
-    dpm_solver.dpm_solver_sample(key, score_fn, sde, (2, 2), order=4)
+    dpm_solver.sample_dpm_solver(key, score_fn, sde, (2, 2), order=4)
   with pytest.raises(ValueError, match="Unknown spacing"):
-    dpm_solver.dpm_solver_sample(key, score_fn, sde, (2, 2), spacing="cosine")
+    dpm_solver.sample_dpm_solver(key, score_fn, sde, (2, 2), spacing="cosine")
   with pytest.raises(ValueError, match="single-step only at order 1"):
-    dpm_solver.dpm_solver_sample(key, score_fn, sde, (2, 2), order=2, method="singlestep",
+    dpm_solver.sample_dpm_solver(key, score_fn, sde, (2, 2), order=2, variant="singlestep",
                                  stochastic=True)

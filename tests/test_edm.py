@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from score_sde.diffusion import losses, parametrization
-from score_sde.samplers import edm
+from score_sde.samplers import common, edm
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
 
@@ -128,12 +128,12 @@ def test_heun_sampler_is_second_order(x64):
   sde = sde_lib.VPSDE()
   score_fn = _gaussian().score_fn(sde)
   key, shape = jax.random.PRNGKey(4), (16, 2)
-  x_T = edm.prior_sample(edm.sample_keys(key, 16), sde, shape, jnp.float64)
+  x_T = common.prior_sample(common.sample_keys(key, 16), sde, shape, jnp.float64)
   # eps = 1e-5 puts σ(eps) ≈ 1e-3, so the final Euler step to σ = 0 adds only O(σ^2) ≈ 1e-6.
   ref = _exact_flow(sde, x_T, 0.0)
   errors = []
   for n in (16, 32):
-    x, info = edm.edm_sample(key, score_fn, sde, shape, num_steps=n, eps=1e-5)
+    x, info = edm.sample_edm(key, score_fn, sde, shape, num_steps=n, eps=1e-5)
     assert info["nfe"] == 2 * n - 1
     errors.append(np.abs(np.asarray(x) - ref).max())
   slope = np.log2(errors[0] / errors[1])
@@ -144,7 +144,7 @@ def test_stochastic_sampler_matches_moments_and_is_batch_independent(x64):
   sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0)
   score_fn = _gaussian().score_fn(sde)
   kw = dict(num_steps=24, eps=1e-5, s_churn=30.0, s_tmin=0.05, s_tmax=10.0, s_noise=1.0)
-  x, info = edm.edm_sample(jax.random.PRNGKey(5), score_fn, sde, (4000, 2), **kw)
+  x, info = edm.sample_edm(jax.random.PRNGKey(5), score_fn, sde, (4000, 2), **kw)
   assert info["nfe"] == 47
   x = np.asarray(x)
   n = x.shape[0]
@@ -152,13 +152,13 @@ def test_stochastic_sampler_matches_moments_and_is_batch_independent(x64):
   se_cov = np.sqrt((np.outer(np.diag(SIGMA), np.diag(SIGMA)) + SIGMA**2) / n)
   np.testing.assert_array_less(np.abs(np.cov(x.T) - SIGMA), 5 * se_cov + 0.02)
   # Sample b draws its noise from fold_in(key, b): a smaller batch reproduces the first rows.
-  head, _ = edm.edm_sample(jax.random.PRNGKey(5), score_fn, sde, (7, 2), **kw)
+  head, _ = edm.sample_edm(jax.random.PRNGKey(5), score_fn, sde, (7, 2), **kw)
   np.testing.assert_allclose(head, x[:7], rtol=1e-10)
 
 
 def test_bad_input_is_rejected():
   sde = sde_lib.VPSDE()
   with pytest.raises(ValueError, match="num_steps >= 2"):
-    edm.edm_sample(jax.random.PRNGKey(0), lambda x, t: -x, sde, (4, 2), num_steps=1)
+    edm.sample_edm(jax.random.PRNGKey(0), lambda x, t: -x, sde, (4, 2), num_steps=1)
   with pytest.raises(ValueError, match="shape must be"):
-    edm.edm_sample(jax.random.PRNGKey(0), lambda x, t: -x, sde, (4,))
+    edm.sample_edm(jax.random.PRNGKey(0), lambda x, t: -x, sde, (4,))

@@ -50,13 +50,14 @@ def test_interpolate_endpoints_reconstruct_inputs(x64):
   # For Gaussian data the PF-ODE map is affine, so the decoded path is the affine image of the latent
   # path: the midpoint of a lerp path decodes to the midpoint of the data.
   lerp_path, _ = interpolation.interpolate(gauss.score_fn(sde), sde, x_a, x_b, num_points=3,
-                                           method="lerp", rtol=1e-7, atol=1e-7)
+                                           interpolant="lerp", rtol=1e-7, atol=1e-7)
   np.testing.assert_allclose(lerp_path[1], 0.5 * (x_a + x_b), atol=1e-4)
 
 
 def test_bad_input_is_rejected():
   sde = sde_lib.VPSDE()
-  with pytest.raises(ValueError, match="Unknown method"):
-    interpolation.interpolate(lambda x, t: -x, sde, jnp.zeros((1, 2)), jnp.ones((1, 2)), method="cubic")
+  with pytest.raises(ValueError, match="Unknown interpolant"):
+    interpolation.interpolate(lambda x, t: -x, sde, jnp.zeros((1, 2)), jnp.ones((1, 2)),
+                              interpolant="cubic")
   with pytest.raises(ValueError, match="same shape"):
     interpolation.interpolate(lambda x, t: -x, sde, jnp.zeros((1, 2)), jnp.ones((2, 2)))

@@ -107,6 +107,20 @@ class SDE:
     m, std = self.marginal_params(t)
     return jnp.log(m) - jnp.log(std)
 
+  def langevin_step_scale(self, t: Array) -> Array:
+    """alpha_i [B] of the Langevin step sizes e = 2 alpha_i (...)^2 (Algorithms 4-5)."""
+    raise ValueError(f"Langevin correctors need a step-size rule alpha_i, which "
+                     f"{type(self).__name__} does not define.")
+
+  def ancestral_step(self, x: Array, t: Array, score: Array) -> tuple[Array, Array]:
+    """One step of the SDE's discrete Markov chain p(x_{i-1} | x_i) (Appendix F).
+
+    Returns (x_mean [B, ...], noise_std [B]) with x_{i-1} = x_mean + noise_std z.
+    """
+    raise ValueError(f"ancestral_sampling is defined only for SDEs with a discrete Markov chain "
+                     f"(VESDE: SMLD, VPSDE: DDPM), not {type(self).__name__}; use "
+                     f"predictor='reverse_diffusion' or 'euler_maruyama'.")
+
 
 def _score_from_noise(eps: Array, std: Array) -> Array:
   # parametrization.py builds on this module, so it is imported when first needed.
@@ -193,6 +207,20 @@ class VESDE(SDE):
     adjacent = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
 
+  def langevin_step_scale(self, t):
+    return jnp.ones_like(t)
+
+  def ancestral_step(self, x, t, score):
+    """SMLD: x_mean = x + (sigma_i^2 - sigma_{i-1}^2) s,
+    noise std sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2), sigma_{-1} = 0."""
+    i = self.time_to_index(t)
+    sigmas = self.discrete_sigmas
+    sigma = sigmas[i]
+    sigma_prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+    var_step = sigma**2 - sigma_prev**2
+    x_mean = x + batch_broadcast(var_step, x) * score
+    return x_mean, jnp.sqrt(sigma_prev**2 * var_step / sigma**2)
+
   def noise_labels(self, t, continuous):
     if continuous:
       return self.sigma(t)
@@ -219,6 +247,11 @@ class _VPFamily(SDE):
 
   def drift_coef(self, t):
     return -0.5 * self.beta(t)
+
+  def langevin_step_scale(self, t):
+    """alpha_i = 1 - beta_i with beta_i = linspace(beta_0 / N, beta_1 / N, N)[i] (VP and sub-VP)."""
+    i = self.time_to_index(t).astype(t.dtype)
+    return 1.0 - (self.beta_min + i / (self.N - 1) * (self.beta_max - self.beta_min)) / self.N
 
   def noise_labels(self, t, continuous):
     del continuous
@@ -263,6 +296,12 @@ class VPSDE(_VPFamily):
   def marginal_params(self, t):
     log_m = self.log_mean_coeff(t)
     return jnp.exp(log_m), jnp.sqrt(-jnp.expm1(2.0 * log_m))
+
+  def ancestral_step(self, x, t, score):
+    """DDPM: x_mean = (x + beta_i s) / sqrt(1 - beta_i), noise std sqrt(beta_i)."""
+    beta = self.discrete_betas[self.time_to_index(t)]
+    x_mean = (x + batch_broadcast(beta, x) * score) / batch_broadcast(jnp.sqrt(1.0 - beta), x)
+    return x_mean, jnp.sqrt(beta)
 
   def diffusion_coef(self, t):
     return jnp.sqrt(self.beta(t))

@@ -1,7 +1,7 @@
 """Training the noise-conditional classifier p_t(y | x(t)) of classifier guidance (Song et al. 2021, eq. 14).
 
 The classifier sees noisy data exactly as guidance will show it: t ~ U(eps, T), x_t = m(t) x_0 +
-std(t) z, input ``controllable.classifier_inputs(sde, x_t, t)`` = (x_t / m, sigma = std / m). The loss
+std(t) z, input ``guidance.classifier_inputs(sde, x_t, t)`` = (x_t / m, sigma = std / m). The loss
 is the cross-entropy of the true labels, so the minimiser is the exact p_t(y | x_t).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from score_sde.samplers import controllable
+from score_sde.samplers import guidance
 from score_sde.diffusion.sde import SDE
 
 Array = jax.Array
@@ -57,7 +57,7 @@ def noisy_classifier_loss_at(sde: SDE, classifier_fn: ClassifierFn, params, key,
   mean, std = sde.marginal_prob(images, t)
   x_t = mean + std.reshape((-1,) + (1,) * (images.ndim - 1)) * jax.random.normal(
       key, images.shape, images.dtype)
-  x_in, sigma = controllable.classifier_inputs(sde, x_t, t)
+  x_in, sigma = guidance.classifier_inputs(sde, x_t, t)
   logits = classifier_fn(params, x_in, sigma)  # [B, K]
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = jnp.argmax(logits, axis=-1) == labels  # [B]

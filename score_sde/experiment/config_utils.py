@@ -50,26 +50,26 @@ def image_shape(config, batch_size: int) -> tuple[int, int, int, int]:
 
 
 def pc_options(config) -> dict:
-  """Keyword options of ``sampling.sample_pc`` from ``config.sampling`` (reference field names)."""
+  """Keyword options of ``pc.sample_pc`` from ``config.sampling`` (reference field names)."""
   s = config.sampling
-  return dict(predictor=s.predictor, corrector=s.corrector, snr=s.snr, n_steps=s.n_steps_each,
+  return dict(predictor=s.predictor, corrector=s.corrector, snr=s.snr, n_steps_each=s.n_steps_each,
               probability_flow=s.probability_flow, denoise=s.noise_removal,
               eps=sampling_eps(config))
 
 
 def _pc_sampler(config, sde, score_fn, shape, key):
-  from score_sde.samplers import sampling
+  from score_sde.samplers import pc
 
-  return sampling.sample_pc(key, score_fn, sde, shape, **pc_options(config))
+  return pc.sample_pc(key, score_fn, sde, shape, **pc_options(config))
 
 
 def _ode_sampler(config, sde, score_fn, shape, key):
-  from score_sde.samplers import sampling
+  from score_sde.samplers import ode
 
   s = config.sampling
-  return sampling.sample_ode(key, score_fn, sde, shape, rtol=s.get("rtol", 1e-5),
-                             atol=s.get("atol", 1e-5), method=s.get("ode_method", "tsit5"),
-                             denoise=s.noise_removal, eps=sampling_eps(config))
+  return ode.sample_ode(key, score_fn, sde, shape, rtol=s.get("rtol", 1e-5),
+                        atol=s.get("atol", 1e-5), solver=s.get("ode_method", "tsit5"),
+                        denoise=s.noise_removal, eps=sampling_eps(config))
 
 
 SAMPLING_METHODS = {"pc": _pc_sampler, "ode": _ode_sampler}
@@ -119,7 +119,7 @@ def sampling_score_fn(config, sde, model_fn, params, labels=None, classifier_log
   the unguided score is the null class's). ``classifier_logits_fn(x_in, sigma)`` is needed for
   ``sampling.guidance='classifier'``.
   """
-  from score_sde.samplers import controllable
+  from score_sde.samplers import guidance as guidance_lib
   from score_sde.experiment import training
   from score_sde.diffusion import sde as sde_module
 
@@ -130,15 +130,15 @@ def sampling_score_fn(config, sde, model_fn, params, labels=None, classifier_log
     def labelled(x, t, y):
       return sde_module.get_score_fn(sde, model_fn, params, continuous=continuous,
                                      class_labels=y)(x, t)
-    return controllable.classifier_free_guidance(labelled, labels, k, config.sampling.guidance_scale)
+    return guidance_lib.classifier_free_guidance(labelled, labels, k, config.sampling.guidance_scale)
   unguided_fn = training.null_class_model_fn(model_fn, k) if k else model_fn
   score_fn = sde_module.get_score_fn(sde, unguided_fn, params, continuous=continuous)
   if guidance == "classifier":
     if classifier_logits_fn is None:
       raise ValueError("config.sampling.guidance='classifier' needs a trained noise-conditional "
                        "classifier: run --mode train_classifier on this workdir first.")
-    log_prob = controllable.classifier_log_prob_fn(classifier_logits_fn, sde)
-    return controllable.classifier_guidance(score_fn, log_prob, labels,
+    log_prob = guidance_lib.classifier_log_prob_fn(classifier_logits_fn, sde)
+    return guidance_lib.classifier_guidance(score_fn, log_prob, labels,
                                             config.sampling.guidance_scale)
   return score_fn
 

@@ -29,42 +29,45 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.diffusion import parametrization
-from score_sde.samplers import edm, sampling
+from score_sde.diffusion.parametrization import Model
 from score_sde.diffusion.sde import SDE
+from score_sde.samplers import common
 
 Array = jax.Array
 
 
-def adaptive_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *,
-                    eps: float = 1e-3, abstol: float = 0.0078, reltol: float = 0.01,
-                    safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
-                    max_attempts: int = 10_000) -> tuple[Array, dict]:
-  """Samples the reverse SDE from T to eps with per-sample adaptive steps (Gotta Go Fast).
+def sample_adaptive_sde(key: Array, model: Model, sde: SDE, shape: Sequence[int], *,
+                        eps: float | None = None, atol: float = 0.0078, rtol: float = 0.01,
+                        safety: float = 0.9, exponent: float = 0.9, h_init: float = 0.01,
+                        max_attempts: int = 10_000, denoise: bool = True) -> tuple[Array, dict]:
+  """Samples the reverse SDE from T to eps (None: ``sde.default_eps``) with per-sample adaptive steps.
 
-  Defaults are the paper's: ε_abs = 0.0078 (for data in [-1, 1]), ε_rel = 0.01 (0.05 is faster and
-  coarser), θ = 0.9, r = 0.9, h_init = 0.01. Returns (x [B, ...], info) with info 'nfe' (batched
-  score evaluations: the largest per-sample count), 'nfe_per_sample' [B], 'accepted' and
-  'rejected' steps per sample [B].
+  The number of steps is chosen by the error control. Defaults are the paper's: ε_abs = ``atol`` =
+  0.0078 (for data in [-1, 1]), ε_rel = ``rtol`` = 0.01 (0.05 is faster and coarser), θ = 0.9,
+  r = 0.9, h_init = 0.01. ``denoise`` returns x̂_0 = E[x_0 | x_eps] at the end (one more
+  evaluation, Tweedie's formula). Returns (x [B, ...], info) with info 'nfe'
+  (batched score evaluations, a Python int: the largest per-sample count), 'nfe_per_sample' [B],
+  'accepted' and 'rejected' steps per sample [B].
   """
-  shape = edm.check_shape(shape)
-  for name, v in dict(abstol=abstol, reltol=reltol, safety=safety, exponent=exponent,
+  shape = common.check_shape(shape)
+  for name, v in dict(atol=atol, rtol=rtol, safety=safety, exponent=exponent,
                       h_init=h_init).items():
     if not v > 0:
       raise ValueError(f"{name} must be positive; got {v}.")
-  x, accepted, rejected = _adaptive_sample(key, edm.as_traceable(model), sde, eps, abstol, reltol,
-                                           safety, exponent, h_init, shape=shape,
-                                           max_attempts=max_attempts)
-  nfe_per_sample = 2 * (accepted + rejected)
-  return x, {"nfe": jnp.max(nfe_per_sample), "nfe_per_sample": nfe_per_sample,
+  x, accepted, rejected = _sample_adaptive_sde(
+      key, common.as_model(model), sde, common.resolve_eps(sde, eps), atol, rtol, safety, exponent,
+      h_init, shape=shape, max_attempts=max_attempts, denoise=denoise)
+  nfe_per_sample = 2 * (accepted + rejected) + int(denoise)
+  return x, {"nfe": common.host_int(jnp.max(nfe_per_sample)), "nfe_per_sample": nfe_per_sample,
              "accepted": accepted, "rejected": rejected}
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "max_attempts"))
-def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_init, *, shape,
-                     max_attempts):
-  dtype = edm.default_dtype()
-  keys = edm.sample_keys(key, shape[0])
-  x_T = edm.prior_sample(keys, sde, shape, dtype)
+@functools.partial(jax.jit, static_argnames=("shape", "max_attempts", "denoise"))
+def _sample_adaptive_sde(key, model, sde, eps, atol, rtol, safety, exponent, h_init, *, shape,
+                         max_attempts, denoise):
+  dtype = common.default_dtype()
+  keys = common.sample_keys(key, shape[0])
+  x_T = common.prior_sample(keys, sde, shape, dtype)
   dim = x_T[0].size
 
   def solve_one(model_b, key_b, x):
@@ -84,7 +87,7 @@ def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_i
       f2, g2 = coefficients(x1, t - h)
       x2 = x - h * f2 + g2 * dw
       x_hi = 0.5 * (x1 + x2)
-      delta = jnp.maximum(abstol, reltol * jnp.maximum(jnp.abs(x1), jnp.abs(x_prev)))
+      delta = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(x1), jnp.abs(x_prev)))
       err = jnp.sqrt(jnp.sum(((x1 - x_hi) / delta) ** 2) / dim)
       ok = err <= 1.0
       t_new = jnp.where(ok, t - h, t)
@@ -102,4 +105,7 @@ def _adaptive_sample(key, model, sde, eps, abstol, reltol, safety, exponent, h_i
     x, _, _, _, accepted, rejected = jax.lax.while_loop(not_done, attempt, state)
     return x, accepted, rejected
 
-  return sampling.vmap_over_samples(solve_one, model, keys, x_T)
+  x, accepted, rejected = common.vmap_over_samples(solve_one, model, keys, x_T)
+  if denoise:
+    x = parametrization.data_prediction(model, sde)(x, jnp.full((shape[0],), eps, dtype))
+  return x, accepted, rejected

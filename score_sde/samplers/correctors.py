@@ -1,10 +1,11 @@
 """Correctors of the predictor-corrector sampler (Song et al., ICLR 2021, Algorithms 4 and 5).
 
-A corrector runs ``n_steps`` steps of Langevin MCMC targeting p_t at a fixed time t:
-  x_mean = x + e s(x, t),   x = x_mean + sqrt(2 e) z.
+A corrector runs ``n_steps_each`` steps of Langevin MCMC targeting p_t at a fixed time t:
+  x_mean = x + e s(x, t),   x = x_mean + sqrt(2 e) z,
+with e scaled by the SDE's ``langevin_step_scale`` alpha_i (1 for VE, 1 - beta_i for VP / sub-VP).
 
 Every corrector is a pure function
-  ``corrector(key, x, t, *, score_fn, sde, snr, n_steps) -> (x, x_mean)``
+  ``corrector(key, x, t, *, score_fn, sde, snr, n_steps_each) -> (x, x_mean)``
 with ``key`` a batch of per-sample PRNG keys [B], ``x`` [B, ...] and ``t`` [B].
 """
 from __future__ import annotations
@@ -14,45 +15,33 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde.samplers.predictors import per_sample_normal
-from score_sde.diffusion.sde import SDE, VESDE, ScoreFn, batch_broadcast
+from score_sde.diffusion.sde import SDE, ScoreFn, batch_broadcast
+from score_sde.samplers.common import fold_in_all, per_sample_normal
 
 Array = jax.Array
 Corrector = Callable[..., tuple[Array, Array]]
-
-
-def langevin_alpha(sde: SDE, t: Array) -> Array:
-  """The factor alpha_i [B] of the step-size rules: 1 for VE, 1 - beta_i for VP and sub-VP."""
-  if isinstance(sde, VESDE):
-    return jnp.ones_like(t)
-  if hasattr(sde, "beta_min") and hasattr(sde, "beta_max"):
-    # beta_i = linspace(beta_0 / N, beta_1 / N, N)[i], as VPSDE.discrete_betas; sub-VP shares it.
-    i = sde.time_to_index(t)
-    beta = (sde.beta_min + i / (sde.N - 1) * (sde.beta_max - sde.beta_min)) / sde.N
-    return 1.0 - beta
-  raise ValueError(f"Langevin correctors support VESDE, VPSDE and SubVPSDE, not {type(sde).__name__}.")
 
 
 def _per_sample_norm(v: Array) -> Array:
   return jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1)  # [B]
 
 
-def _langevin_loop(key, x, t, score_fn, n_steps, step_size_fn):
-  """n_steps Langevin steps; step_size_fn(grad, noise) -> e [B]. Noise of step j from fold_in(key, j)."""
+def _langevin_loop(key, x, t, score_fn, n_steps_each, step_size_fn):
+  """n_steps_each Langevin steps; step_size_fn(grad, noise) -> e [B]. Noise of step j from fold_in(key, j)."""
 
   def body(j, carry):
     x, _ = carry
     grad = score_fn(x, t)
-    noise = per_sample_normal(jax.vmap(jax.random.fold_in, (0, None))(key, j), x)
+    noise = per_sample_normal(fold_in_all(key, j), x.shape, x.dtype)
     e = batch_broadcast(step_size_fn(grad, noise), x)
     x_mean = x + e * grad
     return x_mean + jnp.sqrt(2.0 * e) * noise, x_mean
 
-  return jax.lax.fori_loop(0, n_steps, body, (x, x))
+  return jax.lax.fori_loop(0, n_steps_each, body, (x, x))
 
 
 def langevin(key: Array, x: Array, t: Array, *, score_fn: ScoreFn, sde: SDE, snr: float,
-             n_steps: int) -> tuple[Array, Array]:
+             n_steps_each: int) -> tuple[Array, Array]:
   """Langevin corrector (Algorithms 4-5): e = 2 alpha (snr ||z|| / ||s||)^2.
 
   ||.|| is the per-sample L2 norm averaged over the batch, as in the reference implementation.
@@ -61,23 +50,23 @@ def langevin(key: Array, x: Array, t: Array, *, score_fn: ScoreFn, sde: SDE, snr
   batch (XLA inserts the cross-device reduction), so the step size is the same as on one device.
   Use ``ald`` for a per-sample step size.
   """
-  alpha = langevin_alpha(sde, t)
+  alpha = sde.langevin_step_scale(t)
 
   def step_size(grad, noise):
     grad_norm = jnp.mean(_per_sample_norm(grad))
     noise_norm = jnp.mean(_per_sample_norm(noise))
     return 2.0 * alpha * (snr * noise_norm / grad_norm) ** 2
 
-  return _langevin_loop(key, x, t, score_fn, n_steps, step_size)
+  return _langevin_loop(key, x, t, score_fn, n_steps_each, step_size)
 
 
 def ald(key: Array, x: Array, t: Array, *, score_fn: ScoreFn, sde: SDE, snr: float,
-        n_steps: int) -> tuple[Array, Array]:
+        n_steps_each: int) -> tuple[Array, Array]:
   """Annealed-Langevin corrector (NCSN step rule): e = 2 alpha (snr std(t))^2, per sample."""
-  alpha = langevin_alpha(sde, t)
+  alpha = sde.langevin_step_scale(t)
   std = sde.marginal_params(t)[1]
   e = 2.0 * alpha * (snr * std) ** 2
-  return _langevin_loop(key, x, t, score_fn, n_steps, lambda grad, noise: e)
+  return _langevin_loop(key, x, t, score_fn, n_steps_each, lambda grad, noise: e)
 
 
 CORRECTORS: dict[str, Corrector | None] = {"langevin": langevin, "ald": ald, "none": None}

@@ -21,15 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.diffusion import parametrization
-from score_sde.samplers import edm
+from score_sde.diffusion.parametrization import Model
 from score_sde.diffusion.sde import SDE
+from score_sde.samplers import common
 
 Array = jax.Array
 
 
-def uniform_timesteps(sde: SDE, num_steps: int, eps: float = 1e-3) -> Array:
-  """linspace(T, eps, num_steps + 1), descending."""
-  return jnp.linspace(sde.T, eps, num_steps + 1)
+def uniform_timesteps(sde: SDE, num_steps: int, eps: float | None = None) -> Array:
+  """linspace(T, eps, num_steps + 1), descending (eps None: ``sde.default_eps``)."""
+  return jnp.linspace(sde.T, common.resolve_eps(sde, eps), num_steps + 1)
 
 
 def ddpm_timesteps(sde: SDE, num_steps: int, kind: str = "uniform") -> Array:
@@ -76,57 +77,58 @@ def ddim_step(x0_fn, sde: SDE, x: Array, t: Array, s: Array, eta, z: Optional[Ar
   return x_s + jnp.sqrt(jnp.maximum(std_s**2 - c**2, 0.0)) * eps_hat + c * z
 
 
-def ddim_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *, num_steps: int = 50,
-                eta: float = 0.0, timesteps=None, eps: float = 1e-3,
-                denoise: bool = False) -> tuple[Array, dict]:
-  """DDIM sampling from x_T ~ prior along ``timesteps`` (default ``uniform_timesteps``).
+def sample_ddim(key: Array, model: Model, sde: SDE, shape: Sequence[int], *, num_steps: int = 50,
+                eta: float = 0.0, timesteps=None, eps: float | None = None,
+                denoise: bool = True) -> tuple[Array, dict]:
+  """DDIM sampling from x_T ~ prior along ``timesteps`` (default ``uniform_timesteps(sde,
+  num_steps, eps)``, eps None: ``sde.default_eps``).
 
-  ``model`` is a score function or an ``parametrization.Denoiser``. With ``denoise`` the result is x̂_0 at the
-  last time (one more evaluation). Returns (x [B, ...], {'nfe'}).
+  ``denoise`` returns x̂_0 = E[x_0 | x_t] at the last time (one more evaluation) instead of x_t
+  there. Returns (x [B, ...], {'nfe': len(timesteps) - 1 (+ 1 when denoising)}).
   """
-  shape = edm.check_shape(shape)
+  shape = common.check_shape(shape)
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must be in [0, 1]; got {eta}.")
   if timesteps is None:
     timesteps = uniform_timesteps(sde, num_steps, eps)
   timesteps = _check_timesteps(timesteps, descending=True)
-  x, nfe = _ddim_sample(key, edm.as_traceable(model), sde, timesteps, eta, shape=shape,
-                        stochastic=eta > 0, denoise=denoise)
-  return x, {"nfe": nfe}
+  x = _sample_ddim(key, common.as_model(model), sde, timesteps, eta, shape=shape,
+                   stochastic=eta > 0, denoise=denoise)
+  return x, {"nfe": timesteps.shape[0] - 1 + int(denoise)}
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "stochastic", "denoise"))
-def _ddim_sample(key, model, sde, timesteps, eta, *, shape, stochastic, denoise):
-  dtype = edm.default_dtype()
+def _sample_ddim(key, model, sde, timesteps, eta, *, shape, stochastic, denoise):
+  dtype = common.default_dtype()
   x0_fn = parametrization.data_prediction(model, sde)
-  keys = edm.sample_keys(key, shape[0])
+  keys = common.sample_keys(key, shape[0])
   timesteps = timesteps.astype(dtype)
-  x = edm.prior_sample(keys, sde, shape, dtype)
+  x = common.prior_sample(keys, sde, shape, dtype)
 
   def step(x, inputs):
     i, t, s = inputs
-    z = edm.per_sample_normal(keys, i + 1, shape, dtype) if stochastic else None
+    z = common.per_sample_normal(common.fold_in_all(keys, i + 1), shape, dtype) if stochastic else None
     return ddim_step(x0_fn, sde, x, t, s, eta, z), None
 
   n = timesteps.shape[0] - 1
   x, _ = jax.lax.scan(step, x, (jnp.arange(n), timesteps[:-1], timesteps[1:]))
   if denoise:
     x = x0_fn(x, jnp.full((shape[0],), timesteps[-1], dtype))
-  return x, n + int(denoise)
+  return x
 
 
-def ddim_ode(model: parametrization.Model, sde: SDE, x: Array, timesteps) -> tuple[Array, dict]:
+def ddim_ode(model: Model, sde: SDE, x: Array, timesteps) -> tuple[Array, dict]:
   """The η = 0 update along a strictly monotone grid from x at timesteps[0]: decreasing times
   generate, increasing times invert. Returns (x at timesteps[-1], {'nfe'})."""
   timesteps = jnp.asarray(timesteps)
   descending = bool(timesteps.shape[0] > 1 and timesteps[1] < timesteps[0])
   timesteps = _check_timesteps(timesteps, descending=descending)
-  x = _ddim_ode(edm.as_traceable(model), sde, x, timesteps.astype(x.dtype))
+  x = _ddim_ode(common.as_model(model), sde, x, timesteps.astype(x.dtype))
   return x, {"nfe": timesteps.shape[0] - 1}
 
 
-def ddim_invert(model: parametrization.Model, sde: SDE, x: Array, *, num_steps: int = 50, timesteps=None,
-                eps: float = 1e-3) -> tuple[Array, dict]:
+def ddim_invert(model: Model, sde: SDE, x: Array, *, num_steps: int = 50, timesteps=None,
+                eps: float | None = None) -> tuple[Array, dict]:
   """DDIM inversion: the η = 0 update run from t = eps up to T, mapping data x [B, ...] to x_T.
 
   Generating from the result with the reversed grid (``ddim_ode``) returns x up to the O(1/num_steps)

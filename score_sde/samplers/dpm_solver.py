@@ -36,28 +36,29 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.diffusion import parametrization
-from score_sde.samplers import edm
+from score_sde.diffusion.parametrization import Model
 from score_sde.diffusion.sde import SDE
+from score_sde.samplers import common, edm
 
 Array = jax.Array
 
 SPACINGS = ("time", "logsnr", "karras")
 PREDICTIONS = ("data", "noise")
-METHODS = ("singlestep", "multistep")
+VARIANTS = ("singlestep", "multistep")
 
 
-def get_timesteps(sde: SDE, num_steps: int, spacing: str = "logsnr", eps: float = 1e-3,
+def get_timesteps(sde: SDE, num_steps: int, spacing: str = "logsnr", eps: float | None = None,
                   rho: float = 7.0) -> Array:
-  """A decreasing grid t_0 = T > ... > t_num_steps = eps, [num_steps + 1].
+  """A decreasing grid t_0 = T > ... > t_num_steps = eps, [num_steps + 1] (eps None: ``sde.default_eps``).
 
   'time': uniform in t; 'logsnr': uniform in λ(t) (DPM-Solver's default for images);
   'karras': EDM eq. 5 in σ = std / m with exponent ρ.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1; got {num_steps}.")
-  dtype = edm.default_dtype()
+  dtype = common.default_dtype()
   T = jnp.asarray(sde.T, dtype)
-  eps_arr = jnp.asarray(eps, dtype)
+  eps_arr = jnp.asarray(common.resolve_eps(sde, eps), dtype)
   if spacing == "time":
     return jnp.linspace(T, eps_arr, num_steps + 1)
   if spacing == "logsnr":
@@ -117,38 +118,48 @@ def _prediction_fn(model, sde: SDE, data: bool):
   return parametrization.noise_prediction(model, sde)
 
 
-def dpm_solver_sample(key: Array, model: parametrization.Model, sde: SDE, shape: Sequence[int], *,
-                      num_steps: int = 20, order: int = 2, method: str = "multistep",
+def sample_dpm_solver(key: Array, model: Model, sde: SDE, shape: Sequence[int], *,
+                      num_steps: int = 20, order: int = 2, variant: str = "multistep",
                       predict: str = "data", spacing: str = "logsnr", stochastic: bool = False,
-                      eps: float = 1e-3, rho: float = 7.0, lower_order_final: bool = True,
-                      timesteps=None) -> tuple[Array, dict]:
+                      eps: float | None = None, rho: float = 7.0, lower_order_final: bool = True,
+                      timesteps=None, denoise: bool = True) -> tuple[Array, dict]:
   """Samples with DPM-Solver (``predict='noise'``) or DPM-Solver++ (``predict='data'``).
 
-  ``method`` 'multistep' (1 evaluation per step; order 3 = 3M) or 'singlestep' (``order``
+  ``variant`` 'multistep' (1 evaluation per step; order 3 = 3M) or 'singlestep' (``order``
   evaluations per step). ``lower_order_final`` uses order 1 on the last step and at most order 2
   on the one before when num_steps < 15 (the authors' stabilisation for few steps). ``timesteps``
-  overrides the grid (decreasing). Returns (x [B, ...], {'nfe', 'timesteps'}).
+  overrides the grid ``get_timesteps(sde, num_steps, spacing, eps, rho)`` (decreasing; eps None:
+  ``sde.default_eps``). ``denoise`` returns x̂_0 = E[x_0 | x_eps] at the last time (one more
+  evaluation) instead of x_eps. Returns (x [B, ...], {'nfe', 'timesteps'}).
   """
-  shape = edm.check_shape(shape)
+  shape = common.check_shape(shape)
   if order not in (1, 2, 3):
     raise ValueError(f"order must be 1, 2 or 3; got {order}.")
-  if method not in METHODS:
-    raise ValueError(f"Unknown method {method!r}; valid choices are {list(METHODS)}.")
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant {variant!r}; valid choices are {list(VARIANTS)}.")
   if predict not in PREDICTIONS:
     raise ValueError(f"Unknown predict {predict!r}; valid choices are {list(PREDICTIONS)}.")
-  if stochastic and method == "singlestep" and order > 1:
+  if stochastic and variant == "singlestep" and order > 1:
     raise ValueError("The stochastic (SDE) variant is single-step only at order 1; use "
-                     "method='multistep' for higher orders.")
+                     "variant='multistep' for higher orders.")
   if timesteps is None:
     timesteps = get_timesteps(sde, num_steps, spacing, eps, rho)
-  timesteps = jnp.asarray(timesteps, edm.default_dtype())
+  timesteps = jnp.asarray(timesteps, common.default_dtype())
   n = timesteps.shape[0] - 1
-  sample = _multistep if method == "multistep" else _singlestep
-  x = sample(key, edm.as_traceable(model), sde, timesteps, shape=shape, order=order,
-             data=predict == "data", stochastic=stochastic,
-             lower_order_final=lower_order_final and n < 15)
-  nfe = n if method == "multistep" else order * n
+  sample = _multistep if variant == "multistep" else _singlestep
+  model = common.as_model(model)
+  x = sample(key, model, sde, timesteps, shape=shape, order=order, data=predict == "data",
+             stochastic=stochastic, lower_order_final=lower_order_final and n < 15)
+  nfe = n if variant == "multistep" else order * n
+  if denoise:
+    x = _final_denoise(model, sde, x, timesteps[-1])
+    nfe += 1
   return x, {"nfe": nfe, "timesteps": timesteps}
+
+
+@jax.jit
+def _final_denoise(model, sde, x, t):
+  return parametrization.data_prediction(model, sde)(x, jnp.full((x.shape[0],), t, x.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "order", "data", "stochastic",
@@ -158,7 +169,7 @@ def _singlestep(key, model, sde, timesteps, *, shape, order, data, stochastic, l
   dtype = timesteps.dtype
   predict = _prediction_fn(model, sde, data)
   update = _Update(sde, data, stochastic)
-  keys = edm.sample_keys(key, shape[0])
+  keys = common.sample_keys(key, shape[0])
   batch = shape[0]
   full = lambda t: jnp.full((batch,), t, dtype)
 
@@ -167,7 +178,7 @@ def _singlestep(key, model, sde, timesteps, *, shape, order, data, stochastic, l
 
   def step(x, inputs):
     i, s, t = inputs
-    z = edm.per_sample_normal(keys, i + 1, shape, dtype) if stochastic else None
+    z = common.per_sample_normal(common.fold_in_all(keys, i + 1), shape, dtype) if stochastic else None
     h = sde.log_snr(t) - sde.log_snr(s)
     p_s = predict(x, full(s))
     if order == 1:
@@ -183,7 +194,7 @@ def _singlestep(key, model, sde, timesteps, *, shape, order, data, stochastic, l
     p_2 = predict(update(x, s, s2, [p_s, (p_1 - p_s) / (r1 * h)]), full(s2))
     return update(x, s, t, [p_s, (p_2 - p_s) / (r2 * h)]), None
 
-  x = edm.prior_sample(keys, sde, shape, dtype)
+  x = common.prior_sample(keys, sde, shape, dtype)
   n = timesteps.shape[0] - 1
   x, _ = jax.lax.scan(step, x, (jnp.arange(n), timesteps[:-1], timesteps[1:]))
   return x
@@ -195,14 +206,14 @@ def _multistep(key, model, sde, timesteps, *, shape, order, data, stochastic, lo
   dtype = timesteps.dtype
   predict = _prediction_fn(model, sde, data)
   update = _Update(sde, data, stochastic)
-  keys = edm.sample_keys(key, shape[0])
+  keys = common.sample_keys(key, shape[0])
   n = timesteps.shape[0] - 1
   lams = sde.log_snr(timesteps)
 
   def step(carry, inputs):
     x, p_1, p_2 = carry  # predictions at the two previous grid points
     i, s, t = inputs
-    z = edm.per_sample_normal(keys, i + 1, shape, dtype) if stochastic else None
+    z = common.per_sample_normal(common.fold_in_all(keys, i + 1), shape, dtype) if stochastic else None
     p_0 = predict(x, jnp.full((shape[0],), s, dtype))
     q = jnp.minimum(order, i + 1)
     if lower_order_final:
@@ -222,7 +233,7 @@ def _multistep(key, model, sde, timesteps, *, shape, order, data, stochastic, lo
     x = update(x, s, t, derivs, z)
     return (x, p_0, p_1), None
 
-  x = edm.prior_sample(keys, sde, shape, dtype)
+  x = common.prior_sample(keys, sde, shape, dtype)
   zeros = jnp.zeros(shape, dtype)
   (x, _, _), _ = jax.lax.scan(step, (x, zeros, zeros), (jnp.arange(n), timesteps[:-1], timesteps[1:]))
   return x

@@ -11,9 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_sde.diffusion import parametrization
-from score_sde.samplers import sampling
+from score_sde.diffusion.parametrization import Model
 from score_sde.diffusion.sde import SDE
+from score_sde.samplers import ode
 
 Array = jax.Array
 
@@ -44,27 +44,27 @@ def slerp(z0: Array, z1: Array, alpha: Array) -> Array:
 INTERPOLANTS = {"slerp": slerp, "lerp": lerp}
 
 
-def interpolate(model: parametrization.Model, sde: SDE, x_a: Array, x_b: Array, num_points: int = 9, *,
-                method: str = "slerp", rtol: float = 1e-5, atol: float = 1e-5,
-                eps: float = 1e-3) -> tuple[Array, dict]:
+def interpolate(model: Model, sde: SDE, x_a: Array, x_b: Array, num_points: int = 9, *,
+                interpolant: str = "slerp", rtol: float = 1e-5, atol: float = 1e-5,
+                solver: str = "tsit5", eps: float | None = None) -> tuple[Array, dict]:
   """Decoded interpolation path from x_a to x_b (both [B, ...]): [num_points, B, ...].
 
-  Both ends are encoded with the probability-flow ODE, the latents interpolated with ``method``
-  ('slerp' or 'lerp') at α = linspace(0, 1, num_points), and every point decoded, with
-  ``sampling.encode``/``decode`` (diffrax, per-sample step control). info holds the latents
+  Both ends are encoded with the probability-flow ODE, the latents interpolated with
+  ``interpolant`` ('slerp' or 'lerp') at α = linspace(0, 1, num_points), and every point decoded,
+  with ``ode.encode``/``decode`` (diffrax ``solver``, per-sample step control; eps None:
+  ``sde.default_eps``). ``model`` is a score function or a ``Denoiser``. info holds the latents
   'z' [num_points, B, ...], 'alpha' and 'nfe' (encoding plus decoding).
   """
   if x_a.shape != x_b.shape:
     raise ValueError(f"x_a and x_b must have the same shape; got {x_a.shape} and {x_b.shape}.")
-  if method not in INTERPOLANTS:
-    raise ValueError(f"Unknown method {method!r}; valid choices are {sorted(INTERPOLANTS)}.")
+  if interpolant not in INTERPOLANTS:
+    raise ValueError(f"Unknown interpolant {interpolant!r}; valid choices are {sorted(INTERPOLANTS)}.")
   if num_points < 2:
     raise ValueError(f"num_points must be >= 2; got {num_points}.")
-  kw = dict(rtol=rtol, atol=atol, eps=eps)
-  score_fn = parametrization.as_score_fn(model, sde)
-  z, encode_info = sampling.encode(score_fn, sde, jnp.concatenate([x_a, x_b]), **kw)
+  kw = dict(rtol=rtol, atol=atol, solver=solver, eps=eps)
+  z, encode_info = ode.encode(model, sde, jnp.concatenate([x_a, x_b]), **kw)
   z_a, z_b = z[: x_a.shape[0]], z[x_a.shape[0]:]
   alpha = jnp.linspace(0.0, 1.0, num_points, dtype=z.dtype)
-  z_path = INTERPOLANTS[method](z_a, z_b, alpha)  # [K, B, ...]
-  x_path, decode_info = sampling.decode(score_fn, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
+  z_path = INTERPOLANTS[interpolant](z_a, z_b, alpha)  # [K, B, ...]
+  x_path, decode_info = ode.decode(model, sde, z_path.reshape((-1,) + x_a.shape[1:]), **kw)
   return x_path.reshape(z_path.shape), {"z": z_path, "alpha": alpha, "nfe": encode_info["nfe"] + decode_info["nfe"]}

@@ -9,6 +9,7 @@ Hutchinson-Skilling estimate v^T (dF/dx) v with one probe v per sample, fixed fo
 
 Every sample is solved on its own (vmap), with its own adaptive step control and its own probe
 drawn from fold_in(key, b), so its log-likelihood does not depend on the rest of the batch.
+``model`` is a score function or a ``parametrization.Denoiser``, converted to a score at entry.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from score_sde.samplers import sampling
-from score_sde.diffusion.sde import SDE, ScoreFn
+from score_sde.diffusion import parametrization
+from score_sde.diffusion.parametrization import Model
+from score_sde.diffusion.sde import SDE
+from score_sde.samplers import common, ode
 
 Array = jax.Array
 
@@ -49,9 +52,9 @@ def _augmented_field(drift, divergence: str, probe: Array):
   return field
 
 
-def log_likelihood(key: Array, score_fn: ScoreFn, sde: SDE, x: Array, *,
+def log_likelihood(key: Array, model: Model, sde: SDE, x: Array, *,
                    divergence: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                   eps: float = 1e-5, method: str = "tsit5") -> tuple[Array, Array, Array]:
+                   eps: float = 1e-5, solver: str = "tsit5") -> tuple[Array, Array, Array]:
   """log p(x) in nats per sample via the probability-flow ODE.
 
   Args:
@@ -59,36 +62,37 @@ def log_likelihood(key: Array, score_fn: ScoreFn, sde: SDE, x: Array, *,
     x: data in model space [B, ...], taken as the state at time ``eps``.
     divergence: 'rademacher' or 'gaussian' (Hutchinson-Skilling, unbiased) or 'exact'
       (D forward-mode Jacobian-vector products per evaluation; for small D).
+    solver: a diffrax solver of ``ode.SOLVERS``.
   Returns:
     (logp [B], z = x(T) [B, ...], nfe): nfe counts batched evaluations of the augmented field,
     each one score evaluation with its Jacobian-vector product(s).
   """
   if divergence not in DIVERGENCES:
     raise ValueError(f"Unknown divergence {divergence!r}; valid choices are {DIVERGENCES}.")
-  sampling.get_solver(method)
-  return _log_likelihood(key, sampling.as_traceable(score_fn), sde, x, rtol, atol, eps,
-                         divergence=divergence, method=method)
+  ode.get_solver(solver)
+  return _log_likelihood(key, common.as_model(model), sde, x, rtol, atol, eps,
+                         divergence=divergence, solver=solver)
 
 
-@functools.partial(jax.jit, static_argnames=("divergence", "method"))
-def _log_likelihood(key, score_fn, sde, x, rtol, atol, eps, *, divergence, method):
-  probe_keys = sampling.sample_keys(key, x.shape[0])
+@functools.partial(jax.jit, static_argnames=("divergence", "solver"))
+def _log_likelihood(key, model, sde, x, rtol, atol, eps, *, divergence, solver):
+  probe_keys = common.sample_keys(key, x.shape[0])
 
-  def one(score_fn_b, xi, k):
-    drift = sampling.probability_flow_drift(score_fn_b, sde)
+  def one(model_b, xi, k):
+    drift = ode.probability_flow_drift(parametrization.as_score_fn(model_b, sde), sde)
     field = _augmented_field(drift, divergence, _probe(k, xi, divergence))
-    (z, delta), nfe = sampling.solve_adaptive(field, (xi, jnp.zeros((), xi.dtype)), eps, sde.T,
-                                              rtol=rtol, atol=atol, method=method)
+    (z, delta), nfe = ode.solve_adaptive(field, (xi, jnp.zeros((), xi.dtype)), eps, sde.T,
+                                         rtol=rtol, atol=atol, solver=solver)
     return z, delta, nfe
 
-  z, delta, nfe = sampling.vmap_over_samples(one, score_fn, x, probe_keys)
+  z, delta, nfe = common.vmap_over_samples(one, model, x, probe_keys)
   return sde.prior_logp(z) + delta, z, jnp.max(nfe)
 
 
-def bits_per_dim(key: Array, score_fn: ScoreFn, sde: SDE, x: Array, *, centered: bool,
+def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool,
                  dequantize: bool = True, n_repeats: int = 1, divergence: str = "rademacher",
                  rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
-                 method: str = "tsit5") -> tuple[Array, Array]:
+                 solver: str = "tsit5") -> tuple[Array, Array]:
   """Negative log-likelihood in bits per dimension of 8-bit data x in [0, 1], shape [B, ...].
 
   The model sees scaler(x) = 2x - 1 if ``centered`` else x, i.e. ``scale`` [0, 1] shifted, and
@@ -119,10 +123,10 @@ def bits_per_dim(key: Array, score_fn: ScoreFn, sde: SDE, x: Array, *, centered:
     data = x
     if dequantize:
       u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype))(
-          sampling.sample_keys(k_deq, x.shape[0]))
+          common.sample_keys(k_deq, x.shape[0]))
       data = (255.0 * x + u) / 256.0
-    logp, _, nfe = log_likelihood(k_probe, score_fn, sde, scale * data - (scale - 1.0),
-                                  divergence=divergence, rtol=rtol, atol=atol, eps=eps, method=method)
+    logp, _, nfe = log_likelihood(k_probe, model, sde, scale * data - (scale - 1.0),
+                                  divergence=divergence, rtol=rtol, atol=atol, eps=eps, solver=solver)
     total_bpd = total_bpd + (-logp / (d * math.log(2.0)) + offset)
     total_nfe = total_nfe + nfe
   return total_bpd / n_repeats, total_nfe
