@@ -287,9 +287,9 @@ def test_torch_zip_reader_and_cli(tmp_path):
   out = convert.convert_main(["--config", str(config_file), "--source", pth,
                               "--out", str(tmp_path / "orbax")])
   from score_sde.io import checkpointing
-  from score_sde.experiment import run_lib  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import builders  # pylint: disable=import-outside-toplevel
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
-  restored = ckpts.restore_latest(run_lib.Experiment(experiment_config()).abstract_state())
+  restored = ckpts.restore_latest(builders.build_experiment(experiment_config()).abstract_state())
   for key, (path, value) in where.items():
     np.testing.assert_array_equal(get_leaf(restored.params, path), value, err_msg=key)
 

@@ -1,0 +1,65 @@
+"""The config edge: sampler options read generically from a sampler's keyword-only parameters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_sde.experiment import builders
+from tests.helpers.tiny_config import tiny_config
+
+
+TRACED = []  # the options of each traced call of fake_sampler
+
+
+def fake_sampler(key, score_fn, sde, shape, *, predictor="none", snr=0.0, denoise=False,
+                 n_steps_each=7, eps=None, constraint=None):
+  """Zeros of ``shape``, with the score at (0, t = 0.5) as its info."""
+  TRACED.append(dict(predictor=predictor, snr=snr, denoise=denoise, n_steps_each=n_steps_each,
+                     eps=eps, constraint=constraint))
+  x = jnp.zeros(shape)
+  return x, {"score": score_fn(x, jnp.full(shape[:1], 0.5))}
+
+
+def test_sampler_options_come_from_the_config_fields_of_its_keyword_parameters():
+  config = tiny_config()
+  config.sampling.predictor = "reverse_diffusion"
+  config.sampling.snr = 0.25
+  config.sampling.noise_removal = True
+  config.sampling.n_steps_each = 3
+  sde = builders.get_sde(config)
+  options = builders.sampler_options(config, fake_sampler, sde)
+  # constraint is no config field: left to its default; eps: the SDE's when config.sampling has none.
+  assert options == dict(predictor="reverse_diffusion", snr=0.25, denoise=True, n_steps_each=3,
+                         eps=sde.default_eps)
+  assert sde.default_eps == 1e-3  # VP
+  with config.unlocked():
+    config.sampling.eps = 1e-4
+  assert builders.sampler_options(config, fake_sampler, sde)["eps"] == 1e-4
+
+
+def test_get_sampler_runs_any_sampler_of_the_table(monkeypatch):
+  monkeypatch.setitem(builders.SAMPLERS, "fake", fake_sampler)
+  config = tiny_config()
+  config.sampling.method = "FAKE"
+  config.sampling.snr = 0.5
+  exp = builders.build_experiment(config)
+  params = exp.init_state().ema_params
+  TRACED.clear()
+  x, info = exp.sampler(jax.random.PRNGKey(0), params, 3)
+  assert x.shape == (3, 8, 8, 1)
+  assert TRACED == [dict(predictor=config.sampling.predictor, snr=0.5,
+                         denoise=config.sampling.noise_removal,
+                         n_steps_each=config.sampling.n_steps_each, eps=exp.sde.default_eps,
+                         constraint=None)]
+  # The sampler follows the network's score (unguided here).
+  expected = jax.jit(lambda: builders.guided_score_fn(
+      exp.guidance, exp.sde, exp.model_fn, params, continuous=exp.continuous, num_classes=0)(
+          jnp.zeros((3, 8, 8, 1)), jnp.full((3,), 0.5)))()
+  np.testing.assert_allclose(info["score"], expected, rtol=1e-4)
+
+
+def test_unknown_sampler_names_the_field_and_the_choices():
+  config = tiny_config()
+  config.sampling.method = "euler"
+  with pytest.raises(ValueError, match=r"config.sampling.method='euler'.*'pc', 'ode'"):
+    builders.build_experiment(config)
