@@ -234,3 +234,10 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       dataset=functools.partial(datasets.get_dataset, config), data=data,
       training=get_train_options(config), classifier=classifier,
       eval=get_eval_options(config), reference=get_reference_options(config))
+
+
+def build_training_experiment(config) -> Experiment:
+  """`build_experiment` for score-model training: snapshot sample grids of a classifier-guided
+  config are unguided, since the classifier is trained separately, often later."""
+  return build_experiment(config,
+                          guidance="none" if config.sampling.guidance == "classifier" else None)

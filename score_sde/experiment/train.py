@@ -21,15 +21,10 @@ CLASSIFIER_EVAL_TIMES = (0.05, 0.25, 0.5)
 
 
 def train(config, workdir: str) -> training.TrainState:
-  """Trains from scratch or resumes from the newest checkpoint in ``workdir``.
-
-  Snapshot sample grids of a classifier-guided config are unguided: the classifier is trained
-  separately, often later.
-  """
-  distributed.check_batch_size(config.training.batch_size)
-  guidance = "none" if config.sampling.guidance == "classifier" else None
-  exp = builders.build_experiment(config, guidance=guidance)
+  """Trains from scratch or resumes from the newest checkpoint in ``workdir``."""
+  exp = builders.build_training_experiment(config)
   opts = exp.training
+  distributed.check_batch_size(opts.batch_size)
   eval_iter = exp.dataset(split="test", batch_size=opts.batch_size, shuffle_seed=exp.seed + 1,
                           evaluation=True)
   try:
@@ -101,9 +96,9 @@ def train_classifier(config, workdir: str):
   CLASSIFIER_EVAL_TIMES, to TensorBoard and workdir/classifier/accuracy_<step>.json.
   Returns (state, the last accuracy report).
   """
-  distributed.check_batch_size(config.classifier.batch_size, "config.classifier.batch_size")
   exp = builders.build_experiment(config)
   c = exp.classifier
+  distributed.check_batch_size(c.batch_size, "config.classifier.batch_size")
   out_dir = os.path.join(workdir, "classifier")
   schedule = loop.Schedule(n_iters=c.n_iters, steps_per_call=1, examples_per_step=c.batch_size,
                            log_freq=c.log_freq, eval_freq=c.eval_freq,
