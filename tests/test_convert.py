@@ -289,7 +289,8 @@ def test_torch_zip_reader_and_cli(tmp_path):
   from score_sde.io import checkpointing
   from score_sde.experiment import builders  # pylint: disable=import-outside-toplevel
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
-  restored = ckpts.restore_latest(builders.build_experiment(experiment_config()).abstract_state())
+  init = builders.get_state_init(experiment_config())
+  restored = ckpts.restore_latest(checkpointing.abstract_like(jax.eval_shape(init)))
   for key, (path, value) in where.items():
     np.testing.assert_array_equal(get_leaf(restored.params, path), value, err_msg=key)
 

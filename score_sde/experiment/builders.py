@@ -199,32 +199,48 @@ def get_reference_options(config) -> ReferenceOptions:
 
 # --- the experiment -----------------------------------------------------------------------------
 
+def root_keys(config) -> tuple[jax.Array, ...]:
+  """PRNGKey(config.seed) and the four keys split from it: (root, init, train, eval, sample)."""
+  root_key = jax.random.PRNGKey(config.seed)
+  return (root_key, *jax.random.split(root_key, 4))
+
+
+def get_state_init(config, module=None, optimizer=None) -> Callable[[], training.TrainState]:
+  """``init() -> TrainState`` of the config's network and optimiser, replicated over the data mesh.
+
+  Reads only config.seed, .data (image size, channels), .model and .optim, so that a checkpoint
+  converter can use it with a reference config.
+  """
+  module = models.get_model(config) if module is None else module
+  optimizer = get_optimizer(config) if optimizer is None else optimizer
+  d = config.data
+  shape = (1, d.image_size, d.image_size, d.num_channels)
+  init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
+                                                       num_classes(config)),
+                 out_shardings=distributed.replicated(distributed.data_mesh()))
+  return functools.partial(init, root_keys(config)[1])
+
+
 def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   """Everything ``config`` describes, built once; ``guidance`` overrides config.sampling.guidance."""
-  mesh = distributed.data_mesh()
-  replicated = distributed.replicated(mesh)
   data = get_data_options(config)
   sde = get_sde(config)
   module = models.get_model(config)
   k = num_classes(config)
   model_fn = training.linen_model_fn(module)
   optimizer = get_optimizer(config)
-  root_key = jax.random.PRNGKey(config.seed)
-  init_key, train_key, eval_key, sample_key = jax.random.split(root_key, 4)
+  root_key, _, train_key, eval_key, sample_key = root_keys(config)
   image_shape = (data.image_size, data.image_size, data.num_channels)
-  init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, (1, *image_shape), k),
-                 out_shardings=replicated)
   classifier_module = classifier_lib.classifier_from_config(config)
   classifier_fn = classifier_training.get_classifier_fn(classifier_module)
   guidance = get_guidance(config, guidance)
-  classifier = get_classifier_options(config)
   return Experiment(
-      mesh=mesh, sde=sde, module=module, num_classes=k, model_fn=model_fn,
+      mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
       unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,
       continuous=config.training.continuous, optimizer=optimizer,
       scaler=datasets.get_data_scaler(config), inverse_scaler=datasets.get_data_inverse_scaler(config),
       seed=config.seed, root_key=root_key, train_key=train_key, eval_key=eval_key,
-      sample_key=sample_key, init_state=functools.partial(init, init_key),
+      sample_key=sample_key, init_state=get_state_init(config, module, optimizer),
       train_loss=get_loss_fn(config, sde, model_fn, train=True),
       eval_loss=get_loss_fn(config, sde, model_fn, train=False),
       guidance=guidance,
@@ -232,7 +248,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       pc_options=sampler_options(config, sampling.sample_pc, sde),
       classifier_module=classifier_module, classifier_fn=classifier_fn,
       dataset=functools.partial(datasets.get_dataset, config), data=data,
-      training=get_train_options(config), classifier=classifier,
+      training=get_train_options(config), classifier=get_classifier_options(config),
       eval=get_eval_options(config), reference=get_reference_options(config))
 
 

@@ -423,11 +423,11 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
     converted = from_flax_checkpoint(args.source, config)
   converted.setdefault("ema_params", converted["params"])
   from score_sde.io import checkpointing
-  from score_sde.experiment import builders  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import builders, distributed  # pylint: disable=import-outside-toplevel
 
-  exp = builders.build_experiment(config)
-  state = exp.init_state()
-  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), exp.replicated)
+  state = builders.get_state_init(config)()
+  replicated = distributed.replicated(distributed.data_mesh())
+  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), replicated)
   state = state.replace(step=jnp.asarray(args.step, jnp.int32), params=to_device(converted["params"]),
                         ema_params=to_device(converted["ema_params"]))
   out = os.path.abspath(args.out)
