@@ -36,6 +36,30 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.noise_removal = True
   sampling.probability_flow = False
   sampling.snr = 0.16
+  # Options of the other samplers (config.sampling.method in score_sde.samplers.SAMPLERS; README
+  # table). None keeps the sampler's own default; eps None is the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
+  sampling.eps = placeholder(float)
+  sampling.num_steps = placeholder(int)  # ddim 50, dpm_solver 20, edm 18
+  sampling.rtol = placeholder(float)  # ode 1e-5, adaptive_sde 1e-2
+  sampling.atol = placeholder(float)  # ode 1e-5, adaptive_sde 0.0078
+  sampling.solver = placeholder(str)  # ode: tsit5 | dopri5 | dopri8 | bosh3 | heun
+  sampling.step_lr = placeholder(float)  # ald (required there)
+  sampling.eta = placeholder(float)  # ddim: 0 deterministic, 1 DDPM-like
+  sampling.order = placeholder(int)  # dpm_solver: 1, 2 or 3
+  sampling.variant = placeholder(str)  # dpm_solver: multistep | singlestep
+  sampling.predict = placeholder(str)  # dpm_solver: data (DPM-Solver++) | noise
+  sampling.spacing = placeholder(str)  # dpm_solver: logsnr | time | karras
+  sampling.stochastic = placeholder(bool)  # dpm_solver: SDE variant
+  sampling.lower_order_final = placeholder(bool)  # dpm_solver
+  sampling.rho = placeholder(float)  # dpm_solver 'karras' spacing and edm: 7
+  sampling.s_churn = placeholder(float)  # edm (Algorithm 2)
+  sampling.s_tmin = placeholder(float)
+  sampling.s_tmax = placeholder(float)
+  sampling.s_noise = placeholder(float)
+  sampling.safety = placeholder(float)  # adaptive_sde
+  sampling.exponent = placeholder(float)
+  sampling.h_init = placeholder(float)
+  sampling.max_attempts = placeholder(int)
   # Class-conditional sampling (docs/controllable.md): 'none', 'cfg' (classifier-free guidance of a
   # model with num_classes > 0) or 'classifier' (a noise-conditional classifier trained with
   # --mode train_classifier). class_label -1 cycles through all classes.

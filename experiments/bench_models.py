@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_sde.experiment.from_config import conversion_kwargs, get_model
+from score_sde.experiment.builders import conversion_kwargs, get_model
 
 
 def ncsnpp_config(tiny: bool, fir: bool = True) -> ml_collections.ConfigDict:

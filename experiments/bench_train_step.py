@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde.experiment import config_utils, run_lib, training
+from score_sde.experiment import builders, training
 
 
 def _load_config(path):
@@ -41,13 +41,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
   config = _load_config(args.config)
-  exp = run_lib.Experiment(config)
-  state = exp.fresh_state()
-  loss_fn = config_utils.get_loss_fn(config, exp.sde, exp.model_fn, train=True)
-  d = config.data
-  batches = {"image": jnp.zeros((args.k, config.training.batch_size, d.image_size, d.image_size,
-                                 d.num_channels))}
-  unrolled = training.make_train_step(loss_fn, exp.optimizer, config.model.ema_rate)
+  exp = builders.build_experiment(config)
+  state = exp.init_state()
+  batches = {"image": jnp.zeros((args.k, exp.training.batch_size, *exp.image_shape))}
+  unrolled = training.make_train_step(exp.train_loss, exp.optimizer, exp.training.ema_rate,
+                                      exp.training.ema_warmup)
 
   def scanned(state, batches, key):
     one = lambda s, b: unrolled(s, jax.tree.map(lambda v: v[None], b), key)

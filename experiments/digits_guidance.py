@@ -21,7 +21,7 @@ import numpy as np
 
 from configs.digits import ddpmpp_vp_cfg, ddpmpp_vp_small
 from score_sde.io import logging_utils
-from score_sde.experiment import run_lib
+from score_sde.experiment import builders, evaluation, restore
 from score_sde.metrics import digits_classifier as dc
 
 
@@ -29,17 +29,17 @@ def measure(config, workdir, n, guidance, scale, use_classifier):
   config = copy.deepcopy(config)
   config.sampling.guidance = guidance
   config.sampling.guidance_scale = scale
-  exp = run_lib.Experiment(config)
-  _, params = run_lib.latest_params(exp, workdir)
-  if use_classifier:
-    exp.load_classifier(workdir)
+  exp = builders.build_experiment(config)
+  _, params = restore.latest_params(exp, workdir)
+  classifier_params = restore.load_classifier_params(exp, workdir)[1] if use_classifier else None
   start = time.perf_counter()
-  batches = [exp.generate(jax.random.fold_in(exp.sample_key, r), params, 128, offset=128 * r)
+  batches = [exp.generate(jax.random.fold_in(exp.sample_key, r), params, 128, offset=128 * r,
+                          classifier_params=classifier_params)
              for r in range(-(-n // 128))]
   x = np.concatenate([np.asarray(b[0]) for b in batches])[:n]
   labels = np.concatenate([b[1] for b in batches])[:n]  # guided runs only: labels are never None
   images = np.round(np.clip(np.asarray(exp.inverse_scaler(x)), 0, 1) * 255).astype(np.uint8)
-  metrics = run_lib.sample_metrics(config, images, None, labels)
+  metrics = evaluation.sample_metrics(exp, images, None, labels)
   return images, labels, metrics, time.perf_counter() - start
 
 

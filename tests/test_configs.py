@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
-from score_sde.experiment import from_config
+from score_sde.experiment import builders
 from score_sde.io import datasets
 
 # ml_collections' config loader uses importlib's deprecated load_module(); not ours to fix.
@@ -230,16 +230,16 @@ def test_values_are_sensible(relpath, configs):
 
 @pytest.mark.parametrize("relpath", EXPERIMENTS)
 def test_library_objects_build_from_every_config(relpath, configs):
-  """from_config maps every config onto the SDE, score network, classifier and dataset."""
+  """builders maps every config onto the SDE, score network, classifier and dataset."""
   config = copy.deepcopy(configs[relpath])
   if config.data.dataset == "folder":
     config.data.path = "images"  # the one field the user must give
-  assert type(from_config.get_sde(config)).__name__.lower() == config.training.sde
-  model = from_config.get_model(config)
+  assert type(builders.get_sde(config)).__name__.lower() == config.training.sde
+  model = builders.get_model(config)
   assert (model.nf, model.centered, model.num_scales) == (
       config.model.nf, config.data.centered, config.model.num_scales)
-  assert from_config.get_classifier(config).num_classes == config.classifier.num_classes
-  spec = from_config.data_spec(config)
+  assert builders.get_classifier(config).num_classes == config.classifier.num_classes
+  spec = builders.data_spec(config)
   assert (spec.dataset.lower(), spec.image_size, spec.num_channels) == (
       config.data.dataset.lower(), config.data.image_size, config.data.num_channels)
 

@@ -18,7 +18,7 @@ import pytest
 from flax import serialization
 
 from score_sde.io import convert
-from score_sde.experiment.from_config import conversion_kwargs, get_model
+from score_sde.experiment.builders import conversion_kwargs, get_model
 
 
 def tiny_config(name="ncsnpp"):
@@ -287,9 +287,10 @@ def test_torch_zip_reader_and_cli(tmp_path):
   out = convert.convert_main(["--config", str(config_file), "--source", pth,
                               "--out", str(tmp_path / "orbax")])
   from score_sde.io import checkpointing
-  from score_sde.experiment import run_lib  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import builders  # pylint: disable=import-outside-toplevel
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
-  restored = ckpts.restore_latest(run_lib.Experiment(experiment_config()).abstract_state())
+  init = builders.get_state_init(experiment_config())
+  restored = ckpts.restore_latest(checkpointing.abstract_like(jax.eval_shape(init)))
   for key, (path, value) in where.items():
     np.testing.assert_array_equal(get_leaf(restored.params, path), value, err_msg=key)
 

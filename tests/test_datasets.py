@@ -1,5 +1,5 @@
 """Tests of the host-side input pipelines (score_sde.io.datasets), mostly driven by a config
-through score_sde.experiment.from_config, as runs drive them."""
+through score_sde.experiment.builders, as runs drive them."""
 import os
 
 import ml_collections
@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from score_sde.experiment import from_config
+from score_sde.experiment import builders
 from score_sde.io import datasets
 
 
@@ -34,7 +34,7 @@ def batches_equal(a, b):
 
 
 def single_process(config, **kwargs):
-  return from_config.get_dataset(config, process_index=0, process_count=1, **kwargs)
+  return builders.get_dataset(config, process_index=0, process_count=1, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_process_shards_concatenate_to_the_global_batch(process_count):
   config = make_config(random_flip=True, uniform_dequantization=True)
   steps = 14  # 14 * 128 > 1500: crosses an epoch boundary
   whole = take(single_process(config, batch_size=128, shuffle_seed=7), steps)
-  shards = [take(from_config.get_dataset(config, batch_size=128, shuffle_seed=7,
+  shards = [take(builders.get_dataset(config, batch_size=128, shuffle_seed=7,
                                          process_index=p, process_count=process_count), steps)
             for p in range(process_count)]
   for step in range(steps):
@@ -145,7 +145,7 @@ def test_process_shards_concatenate_to_the_global_batch(process_count):
 
 def test_batch_not_divisible_by_processes_is_an_error():
   with pytest.raises(ValueError, match="not divisible"):
-    from_config.get_dataset(make_config(), batch_size=10, process_index=0, process_count=4)
+    builders.get_dataset(make_config(), batch_size=10, process_index=0, process_count=4)
 
 
 def test_resume_from_start_step_reproduces_the_stream():
@@ -216,8 +216,8 @@ def test_data_scaler_and_inverse(centered):
   np.testing.assert_allclose(scaled, expected, atol=1e-12)
   np.testing.assert_allclose(datasets.get_data_inverse_scaler(centered)(scaled), x, atol=1e-12)
   config = make_config(centered=centered)
-  np.testing.assert_allclose(from_config.get_data_scaler(config)(x), expected, atol=1e-12)
-  np.testing.assert_allclose(from_config.get_data_inverse_scaler(config)(scaled), x, atol=1e-12)
+  np.testing.assert_allclose(builders.get_data_scaler(config)(x), expected, atol=1e-12)
+  np.testing.assert_allclose(builders.get_data_inverse_scaler(config)(scaled), x, atol=1e-12)
 
 
 def test_resize_agrees_with_pillow_uint8_and_keeps_constants():
@@ -314,7 +314,7 @@ def test_library_errors_name_the_arguments():
   with pytest.raises(ValueError, match="^image_size must be a positive integer"):
     datasets.get_source(datasets.DataSpec("digits", 0, 1), "train")
   with pytest.raises(ValueError, match="config.data.num_channels must be 1 or 3"):
-    from_config.data_spec(make_config(num_channels=2))
+    builders.data_spec(make_config(num_channels=2))
   assert datasets.check_data_spec(datasets.DataSpec("cifar10", 32, 3)).dataset == "CIFAR10"
 
 
@@ -401,7 +401,7 @@ def test_array_record_dataset_round_trip(tmp_path):
   # Resized and sharded over two processes like any other source.
   config.data.image_size = 8
   whole = take(single_process(config, batch_size=4, shuffle_seed=2), 3)
-  halves = [take(from_config.get_dataset(config, batch_size=4, shuffle_seed=2, process_index=p,
+  halves = [take(builders.get_dataset(config, batch_size=4, shuffle_seed=2, process_index=p,
                                          process_count=2), 3) for p in (0, 1)]
   for step in range(3):
     assert whole[step]["image"].shape == (4, 8, 8, 3)
@@ -417,9 +417,9 @@ def test_array_record_dataset_round_trip(tmp_path):
 def test_defaults_come_from_config_and_jax():
   config = make_config()
   config.training.batch_size, config.eval.batch_size = 12, 6
-  train = from_config.get_dataset(config)  # jax.process_index() == 0 of jax.process_count() == 1
+  train = builders.get_dataset(config)  # jax.process_index() == 0 of jax.process_count() == 1
   assert take(train, 1)[0]["image"].shape == (12, 16, 16, 1)
-  test = from_config.get_dataset(config, split="test", evaluation=True)
+  test = builders.get_dataset(config, split="test", evaluation=True)
   assert take(test, 1)[0]["image"].shape == (6, 16, 16, 1)
   with pytest.raises(ValueError, match="split must be"):
-    from_config.get_dataset(config, split="validation")
+    builders.get_dataset(config, split="validation")

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_sde.experiment.from_config import get_model
+from score_sde.experiment.builders import get_model
 from score_sde.models.layers import AttnBlockpp, GaussianFourierProjection, ResnetBlockBigGANpp
 from score_sde.models.ncsnpp import NCSNpp, discrete_sigmas
 
@@ -269,7 +269,7 @@ def test_ddpm_forward_and_conditioning():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("name", "unet9000", "valid choices: \\[.*'ddpm'.*'ncsnpp'"),
+    ("name", "unet9000", "choose one of \\[.*'ncsnpp'.*'ddpm'"),
     ("progressive", "skip", "valid choices: \\['none', 'output_skip', 'residual'\\]"),
     ("progressive_input", "bogus", "input_skip"),
     ("resblock_type", "resnet", "biggan"),

@@ -5,6 +5,7 @@ of the wrong type is rejected by ml_collections with the field's name.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -13,15 +14,37 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "sample", "likelihood", "fid_stats", "inpaint", "colorize",
-         "train_classifier")
-
 FLAGS = flags.FLAGS
+
+
+def _mode(module: str, function: str, *flag_names: str):
+  """Mode function ``(config, workdir)`` calling score_sde.experiment.<module>.<function> with the
+  named flags after them; imported when run, since importing jax is slow."""
+
+  def run(config, workdir):
+    fn = getattr(importlib.import_module(f"score_sde.experiment.{module}"), function)
+    return fn(config, workdir, *(getattr(FLAGS, name) for name in flag_names))
+
+  return run
+
+
+MODES = {
+    "train": _mode("train", "train"),
+    "eval": _mode("evaluation", "evaluate", "eval_folder", "inception_weights"),
+    "sample": _mode("generate", "sample"),
+    "likelihood": _mode("evaluation", "likelihood"),
+    "fid_stats": _mode("fid_reference", "fid_stats", "inception_weights"),
+    "inpaint": _mode("controllable_io", "inpaint", "input", "mask"),
+    "colorize": _mode("controllable_io", "colorize", "input"),
+    "train_classifier": _mode("train", "train_classifier"),
+}
+NEEDS_INPUT = ("inpaint", "colorize")
+
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits/ddpmpp_vp_small.py.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples, TensorBoard logs.")
-flags.DEFINE_enum("mode", "train", MODES,
+flags.DEFINE_enum("mode", "train", list(MODES),
                   "train: train or resume; eval: evaluate snapshots as they appear (loss, bits/dim, "
                   "samples; FID/KID/IS with --inception_weights); sample: write samples of the newest "
                   "checkpoint; likelihood: bits/dim of the newest checkpoint on the test split; "
@@ -46,33 +69,16 @@ flags.DEFINE_integer("process_id", None, "Index of this process in a multi-host 
 def _run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.mode in NEEDS_INPUT and not FLAGS.input:
+    raise app.UsageError(f"--mode {FLAGS.mode} needs --input, a folder of images.")
   absl_logging.set_verbosity(absl_logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
   logging.getLogger("score_sde").setLevel(logging.INFO)
-  from score_sde.experiment import distributed, run_lib  # after flag parsing: importing jax is slow
+  from score_sde.experiment import distributed  # after flag parsing: importing jax is slow
 
   distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                            FLAGS.process_id)
-  config, workdir = FLAGS.config, FLAGS.workdir
-  if FLAGS.mode == "train":
-    run_lib.train(config, workdir)
-  elif FLAGS.mode == "eval":
-    run_lib.evaluate(config, workdir, FLAGS.eval_folder, FLAGS.inception_weights)
-  elif FLAGS.mode == "sample":
-    run_lib.sample(config, workdir)
-  elif FLAGS.mode == "likelihood":
-    run_lib.likelihood(config, workdir)
-  elif FLAGS.mode == "fid_stats":
-    run_lib.fid_stats(config, workdir, FLAGS.inception_weights)
-  elif FLAGS.mode == "train_classifier":
-    run_lib.train_classifier(config, workdir)
-  elif FLAGS.mode in ("inpaint", "colorize"):
-    if not FLAGS.input:
-      raise app.UsageError(f"--mode {FLAGS.mode} needs --input, a folder of images.")
-    if FLAGS.mode == "inpaint":
-      run_lib.inpaint(config, workdir, FLAGS.input, FLAGS.mask)
-    else:
-      run_lib.colorize(config, workdir, FLAGS.input)
+  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 
 
 def main(argv=None):

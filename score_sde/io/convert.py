@@ -7,7 +7,7 @@
 * `convert_main(argv)`: command line that writes an orbax checkpoint {'params', 'ema_params'}.
 
 Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp or DDPM) and the
-`image_size` and `num_channels` of its inputs; `score_sde.experiment.from_config.conversion_kwargs`
+`image_size` and `num_channels` of its inputs; `score_sde.experiment.builders.conversion_kwargs`
 builds them from a config.
 
 The key mapping is documented in docs/models.md. PyTorch keeps the network in one `all_modules`
@@ -422,10 +422,10 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
   parser.add_argument("--step", type=int, default=0, help="training step to record")
   args = parser.parse_args(argv)
   from score_sde.io import checkpointing  # pylint: disable=import-outside-toplevel
-  from score_sde.experiment import from_config, run_lib  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import builders, distributed  # pylint: disable=import-outside-toplevel
 
   config = _load_config(args.config)
-  target = from_config.conversion_kwargs(config)
+  target = builders.conversion_kwargs(config)
   fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
   if fmt == "pytorch":
     converted = from_pytorch_checkpoint(load_torch_checkpoint(args.source), **target)
@@ -433,9 +433,9 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
     converted = from_flax_checkpoint(args.source, **target)
   converted.setdefault("ema_params", converted["params"])
 
-  exp = run_lib.Experiment(config)
-  state = exp.fresh_state()
-  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), exp.replicated)
+  state = builders.get_state_init(config)()
+  replicated = distributed.replicated(distributed.data_mesh())
+  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), replicated)
   state = state.replace(step=jnp.asarray(args.step, jnp.int32), params=to_device(converted["params"]),
                         ema_params=to_device(converted["ema_params"]))
   out = os.path.abspath(args.out)

@@ -1,6 +1,6 @@
 """Score networks and the plain table of their names (the names of the reference configs).
 
-Every module takes explicit fields; `score_sde.experiment.from_config.get_model` maps a config onto
+Every module takes explicit fields; `score_sde.experiment.builders.get_model` maps a config onto
 them. The call convention is `model.apply({'params': params}, x, noise_labels, train=bool,
 class_labels=None, rngs={'dropout': key})` with x [B, H, W, C] and noise_labels [B]. Only `ncsnpp`
 and `ddpm` can be class-conditional (`num_classes` > 0, `class_labels` int [B], see ncsnpp.py).

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from score_sde.experiment import distributed, run_lib
+from score_sde.experiment import distributed, train
 from score_sde.io import logging_utils
 from tests.helpers.tiny_config import tiny_config
 
@@ -32,7 +32,7 @@ def main():
   config = tiny_config()
   config.training.n_iters = args.n_iters
   config.training.snapshot_freq_for_preemption = args.preemption_freq
-  state = run_lib.train(config, args.workdir)
+  state = train.train(config, args.workdir)
   params = jax.tree_util.tree_flatten_with_path(state.params)[0]
   # Parameters are replicated: every process holds a full copy.
   flat = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in params}

@@ -6,13 +6,13 @@ import pytest
 from PIL import Image
 
 from score_sde.io import checkpointing
-from score_sde.experiment import run_lib
+from score_sde.experiment import builders, controllable_io
 from tests.helpers.tiny_config import tiny_config
 
 
 def _checkpointed(config, workdir):
   """A work directory holding a fresh (untrained, step 0) train state saved as checkpoint 1."""
-  state = run_lib.Experiment(config).fresh_state()
+  state = builders.build_experiment(config).init_state()
   ckpts = checkpointing.TrainCheckpoints(workdir)
   ckpts.save(1, state, snapshot=True)
   ckpts.wait_until_finished()
@@ -40,7 +40,7 @@ def test_inpaint_keeps_observed_pixels_for_builtin_and_file_masks(tmp_path):
   _checkpointed(config, workdir)
   inputs = _write_inputs(str(tmp_path / "in"), (8, 8, 1))[..., 0]
 
-  path = run_lib.inpaint(config, workdir, str(tmp_path / "in"), "left")
+  path = controllable_io.inpaint(config, workdir, str(tmp_path / "in"), "left")
   out_dir = os.path.dirname(path)
   assert out_dir.endswith(os.path.join("inpainting", "left_0"))  # the state's step
   assert sorted(os.listdir(out_dir)) == ["grid.png", "im0.png", "im1.png", "im2.png"]
@@ -52,7 +52,7 @@ def test_inpaint_keeps_observed_pixels_for_builtin_and_file_masks(tmp_path):
   mask = np.zeros((8, 8), np.uint8)
   mask[::2] = 255  # keep even rows
   Image.fromarray(mask).save(str(tmp_path / "rows.png"))
-  path = run_lib.inpaint(config, workdir, str(tmp_path / "in"), str(tmp_path / "rows.png"))
+  path = controllable_io.inpaint(config, workdir, str(tmp_path / "in"), str(tmp_path / "rows.png"))
   result = _read(os.path.join(os.path.dirname(path), "im1.png"))
   np.testing.assert_array_equal(result[::2], inputs[1][::2])
 
@@ -64,7 +64,7 @@ def test_inpaint_with_a_class_conditional_checkpoint_uses_the_null_class(tmp_pat
   workdir = str(tmp_path / "work")
   _checkpointed(config, workdir)
   inputs = _write_inputs(str(tmp_path / "in"), (8, 8, 1), n=2)[..., 0]
-  path = run_lib.inpaint(config, workdir, str(tmp_path / "in"), "top")
+  path = controllable_io.inpaint(config, workdir, str(tmp_path / "in"), "top")
   result = _read(os.path.join(os.path.dirname(path), "im0.png"))
   np.testing.assert_array_equal(result[4:], inputs[0][4:])
 
@@ -80,7 +80,7 @@ def test_colorize_keeps_the_gray_image(tmp_path):
   workdir = str(tmp_path / "work")
   _checkpointed(config, workdir)
   inputs = _write_inputs(str(tmp_path / "in"), (8, 8, 3), n=2)
-  path = run_lib.colorize(config, workdir, str(tmp_path / "in"))
+  path = controllable_io.colorize(config, workdir, str(tmp_path / "in"))
   result = _read(os.path.join(os.path.dirname(path), "im0.png")).astype(np.float64)
   gray = inputs[0].astype(np.float64).mean(-1)
   unclipped = np.all((result > 0) & (result < 255), axis=-1)
@@ -93,12 +93,12 @@ def test_colorize_keeps_the_gray_image(tmp_path):
 def test_bad_inputs(tmp_path):
   config = tiny_config()
   with pytest.raises(FileNotFoundError, match="neither a built-in mask"):
-    run_lib.load_mask(str(tmp_path / "missing.png"), 8)
+    controllable_io.load_mask(str(tmp_path / "missing.png"), 8)
   with pytest.raises(ValueError, match="num_channels=3"):
-    run_lib.colorize(config, str(tmp_path), str(tmp_path))
+    controllable_io.colorize(config, str(tmp_path), str(tmp_path))
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
   workdir = str(tmp_path / "work")
   _checkpointed(config, workdir)
   with pytest.raises(ValueError, match="Corrupt or unreadable image file"):
-    run_lib.inpaint(config, workdir, str(tmp_path / "bad"), "center")
+    controllable_io.inpaint(config, workdir, str(tmp_path / "bad"), "center")

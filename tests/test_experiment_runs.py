@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from score_sde.io import logging_utils
-from score_sde.experiment import run_lib
+from score_sde.experiment import builders, evaluation, generate, loop, train
 from tests.helpers.tiny_config import tiny_config
 
 
 def test_train_sample_and_evaluate(tmp_path, monkeypatch):
-  monkeypatch.delenv("SCORE_SDE_INCEPTION_WEIGHTS", raising=False)  # FID/KID/IS: tests/test_run_lib_fid.py
+  monkeypatch.delenv("SCORE_SDE_INCEPTION_WEIGHTS", raising=False)  # FID/KID/IS: tests/test_fid_reference.py
   config = tiny_config()
   config.training.n_iters = 4
   config.training.snapshot_freq = 4
@@ -26,7 +26,7 @@ def test_train_sample_and_evaluate(tmp_path, monkeypatch):
   config.eval.bpd_rtol = config.eval.bpd_atol = 1e-3
   workdir = str(tmp_path)
 
-  state = run_lib.train(config, workdir)
+  state = train.train(config, workdir)
   assert int(state.step) == 4
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
   grid = np.asarray(Image.open(os.path.join(workdir, "samples", "iter_4.png")))
@@ -35,7 +35,7 @@ def test_train_sample_and_evaluate(tmp_path, monkeypatch):
   assert [s for s, _ in scalars["training_loss"]] == [1, 2, 3, 4]
   assert all(math.isfinite(v) for _, v in scalars["training_loss"])
 
-  reports = run_lib.evaluate(config, workdir)
+  reports = evaluation.evaluate(config, workdir)
   report = json.load(open(os.path.join(workdir, "eval", "report_4.json")))
   assert reports[4] == report
   assert math.isfinite(report["eval_loss"]) and report["eval_loss"] > 0
@@ -47,9 +47,9 @@ def test_train_sample_and_evaluate(tmp_path, monkeypatch):
   assert shards == ["samples.png", "samples_0.npz", "samples_1.npz"]
 
   # A restarted evaluation skips the finished checkpoint.
-  assert run_lib.evaluate(config, workdir) == {}
+  assert evaluation.evaluate(config, workdir) == {}
 
-  path = run_lib.sample(config, workdir)
+  path = generate.sample(config, workdir)
   assert os.path.exists(path)
 
 
@@ -57,11 +57,11 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
   config = tiny_config()
   config.training.n_iters = 6
   config.training.snapshot_freq_for_preemption = 2
-  run_lib.train(config, str(tmp_path))  # a good run to step 6
+  train.train(config, str(tmp_path))  # a good run to step 6
   config.training.n_iters = 10
   config.optim.lr = float("nan")  # poisons the next update
-  with pytest.raises(run_lib.NonFiniteLossError, match="last good checkpoint is step 6"):
-    run_lib.train(config, str(tmp_path))
+  with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 6"):
+    train.train(config, str(tmp_path))
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints-meta", "6"))
 
 
@@ -69,12 +69,12 @@ def test_bad_config_values_name_the_field(tmp_path):
   config = tiny_config()
   config.training.sde = "vpsd"
   with pytest.raises(ValueError, match="config.training.sde"):
-    run_lib.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))
   config = tiny_config()
   config.sampling.method = "euler"
   with pytest.raises(ValueError, match="config.sampling.method"):
-    run_lib.Experiment(config).sampler(2)
+    builders.build_experiment(config)
   config = tiny_config()
   config.model.name = "unet9000"
   with pytest.raises(ValueError, match="unet9000"):
-    run_lib.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))

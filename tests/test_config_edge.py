@@ -1,4 +1,4 @@
-"""The ConfigDict stops at score_sde.experiment: from_config maps it onto the libraries, naming the
+"""The ConfigDict stops at score_sde.experiment: builders maps it onto the libraries, naming the
 config field in every error, and no library module takes or imports a config."""
 import ast
 import pathlib
@@ -7,11 +7,11 @@ import ml_collections
 import pytest
 
 from score_sde.diffusion import sde as sde_lib
-from score_sde.experiment import from_config
+from score_sde.experiment import builders
 from score_sde.models import classifier, ncsn
 from score_sde.models.ncsnpp import NCSNpp
 
-PACKAGE = pathlib.Path(from_config.__file__).resolve().parents[1]
+PACKAGE = pathlib.Path(builders.__file__).resolve().parents[1]
 
 
 def config_reads(source: str) -> list[str]:
@@ -62,17 +62,17 @@ def ncsnpp_config(**model):
 def test_get_sde_by_config_name():
   config = ncsnpp_config(sigma_max=5.0, num_scales=10)
   config.training.sde = "VESDE"
-  assert from_config.get_sde(config) == sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=10)
+  assert builders.get_sde(config) == sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=10)
   config.training.sde = "subvpsde"
-  assert from_config.get_sde(config) == sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0, N=10)
+  assert builders.get_sde(config) == sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0, N=10)
   config.training.sde = "vpsd"
-  with pytest.raises(ValueError, match=r"config.training.sde='vpsd'.*\['subvpsde', 'vesde', "
-                                       r"'vpsde'\]"):
-    from_config.get_sde(config)
+  with pytest.raises(ValueError, match=r"config.training.sde='vpsd'.*\['vesde', 'vpsde', "
+                                       r"'subvpsde'\]"):
+    builders.get_sde(config)
 
 
 def test_get_model_maps_the_fields():
-  model = from_config.get_model(ncsnpp_config())
+  model = builders.get_model(ncsnpp_config())
   assert model == NCSNpp(
       nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1, fir=True,
       fir_kernel=(1, 3, 3, 1), resblock_type="biggan", init_scale=0.0, centered=False)
@@ -87,17 +87,17 @@ def refinenet_config(name, image_size=32, **model):
 
 
 def test_refinenet_models_and_their_defaults():
-  v1 = from_config.get_model(refinenet_config("ncsn", reference="pytorch"))
+  v1 = builders.get_model(refinenet_config("ncsn", reference="pytorch"))
   assert v1 == ncsn.ncsn(image_size=32, reference="pytorch", nf=8, nonlinearity="elu",
                          sigma_min=0.01, sigma_max=50.0, num_scales=10, centered=False)
   assert v1.conditional and not v1.scale_by_sigma and v1.align_corners
-  v2 = from_config.get_model(refinenet_config("ncsnv2", image_size=128, scale_by_sigma=False))
+  v2 = builders.get_model(refinenet_config("ncsnv2", image_size=128, scale_by_sigma=False))
   assert v2.stages == ncsn.ncsnv2_128(image_size=128).stages and not v2.scale_by_sigma
-  assert from_config.get_model(refinenet_config("ncsnv2_64")).scale_by_sigma
+  assert builders.get_model(refinenet_config("ncsnv2_64")).scale_by_sigma
 
 
 @pytest.mark.parametrize("config, message", [
-    (ncsnpp_config(name="unet"), r"config.model.name='unet'; valid choices: \['ddpm', 'ncsn',"),
+    (ncsnpp_config(name="unet"), r"config.model.name='unet' is not valid; choose one of \['ncsnpp', 'ddpm', 'ncsn',"),
     (refinenet_config("ncsn", num_classes=10), "config.model.num_classes=10"),
     (refinenet_config("ncsnv2_64", image_size=128), "config.data.image_size=128"),
     (refinenet_config("ncsn", reference="tf"), r"config.model.reference='tf'"),
@@ -106,29 +106,29 @@ def test_refinenet_models_and_their_defaults():
 ])
 def test_errors_name_the_config_field(config, message):
   with pytest.raises(ValueError, match=message):
-    from_config.get_model(config)
+    builders.get_model(config)
 
 
 def test_fourier_features_need_continuous_training_and_centered_is_required():
   config = ncsnpp_config()
   config.training.continuous = False
   with pytest.raises(ValueError, match=r"config.training.continuous=True"):
-    from_config.get_model(config)
+    builders.get_model(config)
   config = ncsnpp_config()
   config.data = dict(image_size=8, num_channels=3)
   with pytest.raises(ValueError, match="config.data.centered is required"):
-    from_config.get_model(config)
+    builders.get_model(config)
 
 
 def test_classifier_fields():
-  assert from_config.get_classifier(ml_collections.ConfigDict()) == (
+  assert builders.get_classifier(ml_collections.ConfigDict()) == (
       classifier.NoiseConditionalWideResNet(depth=28, widen_factor=10, num_classes=10))
   config = ml_collections.ConfigDict({"classifier": dict(depth=10, widen_factor=2, lr=1e-3)})
-  model = from_config.get_classifier(config)
+  model = builders.get_classifier(config)
   assert (model.depth, model.widen_factor, model.num_classes) == (10, 2, 10)
 
 
 def test_conversion_kwargs():
-  kwargs = from_config.conversion_kwargs(ncsnpp_config())
+  kwargs = builders.conversion_kwargs(ncsnpp_config())
   assert (kwargs["image_size"], kwargs["num_channels"]) == (8, 3)
-  assert kwargs["model"] == from_config.get_model(ncsnpp_config())
+  assert kwargs["model"] == builders.get_model(ncsnpp_config())

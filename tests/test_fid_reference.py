@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from score_sde.io import checkpointing, datasets
-from score_sde.experiment import run_lib
+from score_sde.experiment import builders, evaluation, fid_reference
 from score_sde.metrics import convert_inception as ci
 from score_sde.metrics import features, fid, inception
 from tests.helpers import torch_save
@@ -54,7 +54,7 @@ def workdir(tmp_path_factory):
   """A work directory with the untrained tiny model's state as snapshot 0."""
   workdir = str(tmp_path_factory.mktemp("run"))
   ckpts = checkpointing.TrainCheckpoints(workdir)
-  ckpts.save(0, run_lib.Experiment(tiny_config()).fresh_state(), snapshot=True)
+  ckpts.save(0, builders.build_experiment(tiny_config()).init_state(), snapshot=True)
   ckpts.wait_until_finished()
   ckpts.close()
   return workdir
@@ -75,7 +75,7 @@ def test_fid_stats_mode_writes_the_library_statistics_with_provenance(tmp_path, 
   config = tiny_config()
   config.eval.fid_stats_num_images = 4  # capped: the first 4 training digits, in dataset order
   config.eval.inception_batch_size = BATCH
-  path = run_lib.fid_stats(config, str(tmp_path), weights)
+  path = fid_reference.fid_stats(config, str(tmp_path), weights)
   assert path == os.path.join(tmp_path, "fid_stats", "digits_train_8_n4.npz")
 
   images = datasets.digits_split("train", 8)[0][:4]  # uint8 [4, 8, 8, 1]
@@ -102,7 +102,7 @@ def test_eval_reports_fid_kid_is_against_cached_reference(tmp_path, workdir, wei
                                                           monkeypatch):
   stats_path = str(tmp_path / "reference.npz")
   config = _eval_config(image_folder, stats_path)
-  reports = run_lib.evaluate(config, workdir, eval_folder="eval_fid", inception_weights=weights)
+  reports = evaluation.evaluate(config, workdir, eval_folder="eval_fid", inception_weights=weights)
   with open(os.path.join(workdir, "eval_fid", "report_0.json")) as f:
     report = json.load(f)
   assert reports[0] == report
@@ -121,7 +121,7 @@ def test_eval_reports_fid_kid_is_against_cached_reference(tmp_path, workdir, wei
   assert reference.num_images == 4 and reference.weights_sha256 == weights.sha256
   reference_pool3 = np.load(str(tmp_path / "reference_pool3.npy"))
   np.testing.assert_allclose(reference_pool3.mean(axis=0), reference.mu, rtol=1e-6, atol=1e-6)
-  # FID of the saved sample shard against it, computed independently of run_lib and of `fid`'s
+  # FID of the saved sample shard against it, computed independently of the run code and of `fid`'s
   # eigendecompositions: two samples x1, x2 have the rank-one covariance v vᵀ with v = (x1 - x2) / √2, so
   # Tr((Σ1^½ Σ2 Σ1^½)^½) = √(vᵀ Σ2 v) and FID = ‖μ1 − μ2‖² + ‖v‖² + Tr Σ2 − 2 √(vᵀ Σ2 v).
   samples = np.load(os.path.join(workdir, "eval_fid", "ckpt_0", "samples_0.npz"))["samples"]
@@ -135,17 +135,17 @@ def test_eval_reports_fid_kid_is_against_cached_reference(tmp_path, workdir, wei
   assert report["fid"]["value"] == pytest.approx(expected_fid, rel=1e-6) and expected_fid > 0
 
   # A second evaluation loads the cache instead of recomputing it ...
-  monkeypatch.setattr(run_lib, "_compute_reference", lambda *args: pytest.fail("recomputed"))
-  cached = run_lib._inception_reference(config, workdir, weights)
+  monkeypatch.setattr(fid_reference, "compute_reference", lambda *args: pytest.fail("recomputed"))
+  cached = fid_reference.inception_reference(builders.build_experiment(config), workdir, weights)
   np.testing.assert_array_equal(cached.stats.sigma, reference.sigma)
   np.testing.assert_array_equal(cached.pool3, reference_pool3)
   # ... and refuses it for other weights or other data, naming the file.
   other = ci.InceptionWeights(weights.variables, sha256="0" * 64, source="other.pth")
   with pytest.raises(ValueError, match="weights_sha256.*other.pth"):
-    run_lib._inception_reference(config, workdir, other)
+    fid_reference.inception_reference(builders.build_experiment(config), workdir, other)
   config.data.image_size = 16
   with pytest.raises(ValueError, match="reference.npz were computed from other data.*image_size"):
-    run_lib._inception_reference(config, workdir, weights)
+    fid_reference.inception_reference(builders.build_experiment(config), workdir, weights)
 
 
 def test_wrong_weights_file_fails_before_sampling(tmp_path, workdir, image_folder, monkeypatch):
@@ -156,12 +156,12 @@ def test_wrong_weights_file_fails_before_sampling(tmp_path, workdir, image_folde
   needed = ("SHA-256 mismatch", weights_file, ci.file_sha256(weights_file), ci.INCEPTION_WEIGHTS_SHA256,
             "--inception_weights", "$SCORE_SDE_INCEPTION_WEIGHTS")
   with pytest.raises(ValueError) as err:
-    run_lib.evaluate(config, workdir, eval_folder="eval_bad", inception_weights=weights_file)
+    evaluation.evaluate(config, workdir, eval_folder="eval_bad", inception_weights=weights_file)
   assert all(s in str(err.value) for s in needed), str(err.value)
   assert not os.path.exists(os.path.join(workdir, "eval_bad"))  # nothing sampled or written
   monkeypatch.setenv(ci.INCEPTION_WEIGHTS_ENV, weights_file)  # the same check via the variable
   with pytest.raises(ValueError, match="SHA-256 mismatch"):
-    run_lib.fid_stats(config, str(tmp_path))
+    fid_reference.fid_stats(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "reference.npz")
   # Through the command line.
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -174,20 +174,21 @@ def test_wrong_weights_file_fails_before_sampling(tmp_path, workdir, image_folde
   assert not os.path.exists(tmp_path / "cli" / "fid_stats")
   config.eval.fid_stats_num_images = -1
   with pytest.raises(ValueError, match="config.eval.fid_stats_num_images=-1"):
-    run_lib.evaluate(config, workdir, eval_folder="eval_bad", inception_weights=weights_file)
+    evaluation.evaluate(config, workdir, eval_folder="eval_bad", inception_weights=weights_file)
 
 
 def test_without_weights_inception_metrics_are_skipped_with_a_hint(workdir, weights, image_folder,
                                                                   monkeypatch, caplog):
   monkeypatch.delenv(ci.INCEPTION_WEIGHTS_ENV, raising=False)
   config = _eval_config(image_folder, "unused.npz")
-  with caplog.at_level(logging.INFO, logger="score_sde.experiment.run_lib"):
-    assert run_lib._inception_reference(config, workdir, None) is None
+  with caplog.at_level(logging.INFO, logger="score_sde.experiment.fid_reference"):
+    assert fid_reference.inception_reference(builders.build_experiment(config), workdir, None) is None
   hints = [r.getMessage() for r in caplog.records if "FID/KID/IS skipped" in r.getMessage()]
   assert len(hints) == 1
   for needed in (ci.INCEPTION_WEIGHTS_FILENAME, ci.INCEPTION_WEIGHTS_URL, "--inception_weights",
                  ci.INCEPTION_WEIGHTS_ENV):
     assert needed in hints[0]
-  assert run_lib.sample_metrics(config, np.zeros((2, 8, 8, 1), np.uint8)) == {}
+  no_samples = np.zeros((2, 8, 8, 1), np.uint8)
+  assert evaluation.sample_metrics(builders.build_experiment(config), no_samples) == {}
   config.eval.enable_sampling = False  # no samples to score: weights are not even loaded
-  assert run_lib._inception_reference(config, workdir, weights) is None
+  assert fid_reference.inception_reference(builders.build_experiment(config), workdir, weights) is None

@@ -1,0 +1,434 @@
+"""The edge where a ConfigDict becomes explicit library objects and frozen option dataclasses.
+
+This is the only module that reads ``config``: models/, io/, diffusion/ and samplers/ take keyword
+arguments or small frozen dataclasses, and every other module of ``score_sde.experiment`` takes the
+immutable `Experiment` built here, or explicit arguments. Every name in a config is checked here,
+with an error naming the field and the valid choices.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+
+from score_sde import models
+from score_sde.diffusion import losses, parametrization
+from score_sde.diffusion import sde as sde_lib
+from score_sde.experiment import classifier_training, distributed, optim, training
+from score_sde.experiment.experiment import (ClassifierOptions, DataOptions, EvalOptions,
+                                             Experiment, ReferenceOptions, TrainOptions)
+from score_sde.experiment.guidance import GUIDANCE, Guidance, guided_model
+from score_sde.io import datasets
+from score_sde.models import ncsn
+from score_sde.models.classifier import NoiseConditionalWideResNet
+from score_sde.models.ncsnpp import NCSNpp
+from score_sde.samplers import SAMPLERS
+
+
+def check_choice(value: Any, choices: Iterable, field: str) -> None:
+  """Raises ValueError naming ``field`` when ``value`` is not one of ``choices``."""
+  choices = list(choices)
+  if value not in choices:
+    raise ValueError(f"{field}={value!r} is not valid; choose one of {choices}.")
+
+
+def get_sde(config) -> sde_lib.SDE:
+  """The SDE of ``config.training.sde`` with the noise schedule of ``config.model``."""
+  name = config.training.sde.lower()
+  check_choice(name, sde_lib.SDES, "config.training.sde")
+  m = config.model
+  if name == "vesde":
+    return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+  return sde_lib.SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+
+
+def get_optimizer(config):
+  o = config.optim
+  return optim.get_optimizer(optimizer=o.optimizer, lr=o.lr, beta1=o.beta1, beta2=o.get("beta2", 0.999),
+                             eps=o.eps, weight_decay=o.weight_decay, warmup=o.warmup,
+                             grad_clip=o.grad_clip)
+
+
+def num_classes(config) -> int:
+  """``config.model.num_classes``: 0 for an unconditional score network (the default)."""
+  return config.model.get("num_classes", 0)
+
+
+def objective(config) -> str:
+  """``config.training.loss`` (a key of ``losses.OBJECTIVES``); unset, the reference's rule:
+  'dsm' for continuous training, else the SDE's discrete loss ('smld' for VE, 'ddpm' for VP)."""
+  name = config.training.get("loss")
+  if name is None:
+    return losses.default_objective(get_sde(config), config.training.continuous)
+  check_choice(name, losses.OBJECTIVES, "config.training.loss")
+  if name == "edm":
+    m = config.model
+    if m.get("embedding_type") == "fourier" or m.get("scale_by_sigma"):
+      raise ValueError("config.training.loss='edm' feeds the network c_noise = ln(σ)/4, which can be "
+                       "negative: use config.model.embedding_type='positional' and "
+                       "config.model.scale_by_sigma=False (e.g. configs/digits/edm.py).")
+  return name
+
+
+def get_loss_fn(config, sde, model_fn, *, train: bool):
+  """The training loss of ``objective(config)``; class-conditional (with
+  ``training.class_dropout``) if ``num_classes`` > 0."""
+  t = config.training
+  return losses.get_loss_fn(objective(config), sde, model_fn, train=train,
+                            reduce_mean=t.reduce_mean, continuous=t.continuous,
+                            likelihood_weighting=t.likelihood_weighting,
+                            num_classes=num_classes(config),
+                            class_dropout=t.get("class_dropout", 0.0),
+                            sigma_data=t.sigma_data, p_mean=t.p_mean, p_std=t.p_std)
+
+
+def get_network_model(config, sde) -> Callable:
+  """``(model_fn, params, class_labels=None) -> model``: the network as the samplers take it, a
+  score function or (for the EDM objective) a ``Denoiser``."""
+  return functools.partial(parametrization.sampling_model, objective(config), sde,
+                           continuous=config.training.continuous,
+                           sigma_data=config.training.sigma_data)
+
+
+# --- score networks ------------------------------------------------------------------------------
+
+def _required(config, section: str, field: str):
+  value = config[section].get(field) if section in config else None
+  if value is None:
+    raise ValueError(f"config.{section}.{field} is required to build model "
+                     f"{config.model.name!r}.")
+  return value
+
+
+def _check_group_norm(config) -> None:
+  norm = config.model.get("normalization", "GroupNorm")
+  if norm != "GroupNorm":
+    raise ValueError(f"model {config.model.name!r} uses GroupNorm; got "
+                     f"config.model.normalization={norm!r}.")
+
+
+def _ddpm_fields(config) -> dict:
+  """Fields of DDPM, which NCSN++ shares."""
+  _check_group_norm(config)
+  m = config.model
+  return dict(
+      nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+      attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+      resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
+      scale_by_sigma=m.scale_by_sigma, centered=_required(config, "data", "centered"),
+      nonlinearity=m.get("nonlinearity", "swish"),
+      sigma_min=m.get("sigma_min", 0.01), sigma_max=m.get("sigma_max", 50.0),
+      num_scales=m.get("num_scales", 1000), num_classes=m.get("num_classes", 0))
+
+
+def _ncsnpp_fields(config) -> dict:
+  m = config.model
+  embedding_type = m.get("embedding_type", "fourier").lower()
+  if embedding_type == "fourier" and not config.get("training", {}).get("continuous", True):
+    raise ValueError("ncsnpp: embedding_type='fourier' takes σ labels and needs continuous "
+                     "training (config.training.continuous=True); use 'positional' for discrete.")
+  return dict(
+      **_ddpm_fields(config),
+      fir=m.fir, fir_kernel=tuple(m.fir_kernel), skip_rescale=m.skip_rescale,
+      resblock_type=m.resblock_type.lower(), progressive=m.progressive.lower(),
+      progressive_input=m.progressive_input.lower(),
+      progressive_combine=m.progressive_combine.lower(),
+      attention_type=m.get("attention_type", "ddpm").lower(), embedding_type=embedding_type,
+      fourier_scale=m.get("fourier_scale", 16.0), init_scale=m.init_scale,
+      conv_size=m.get("conv_size", 3))
+
+
+def _refinenet_fields(config) -> dict:
+  """Arguments of the NCSN / NCSNv2 constructors of models/ncsn.py."""
+  m, name, image_size = config.model, config.model.name, config.data.image_size
+  reference = m.get("reference", "jax")
+  check_choice(reference, ncsn.REFERENCES, "config.model.reference")
+  if name in ncsn.IMAGE_SIZES:
+    ncsn.check_image_size(name, image_size, "config.data.image_size")
+  fields = dict(
+      image_size=image_size, reference=reference, nf=m.nf, normalization=m.normalization,
+      nonlinearity=m.nonlinearity.lower(), interpolation=m.get("interpolation", "bilinear"),
+      sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales,
+      centered=config.data.centered)
+  if m.get("scale_by_sigma") is not None:  # else the network's own default
+    fields["scale_by_sigma"] = m.scale_by_sigma
+  return fields
+
+
+# config.model.name -> the constructor arguments of models.MODELS[name].
+_MODEL_FIELDS: dict[str, Callable[[Any], dict]] = {
+    "ncsnpp": _ncsnpp_fields,
+    "ddpm": _ddpm_fields,
+    "ncsn": _refinenet_fields,
+    "ncsnv2": _refinenet_fields,
+    "ncsnv2_64": _refinenet_fields,
+    "ncsnv2_128": _refinenet_fields,
+    "ncsnv2_256": _refinenet_fields,
+}
+
+
+def get_model(config):
+  """The score network ``config.model.name`` of ``models.MODELS``, with ``config.model`` fields."""
+  name = config.model.name
+  check_choice(name, models.MODELS, "config.model.name")
+  num_classes = config.model.get("num_classes", 0)
+  if num_classes and name not in models.CLASS_CONDITIONAL_MODELS:
+    raise ValueError(f"config.model.num_classes={num_classes} (class-conditional training) is "
+                     f"supported only by models {list(models.CLASS_CONDITIONAL_MODELS)}, not "
+                     f"{name!r}; set config.model.num_classes=0.")
+  if num_classes and not config.model.conditional:
+    raise ValueError(f"config.model.num_classes={num_classes} adds a class embedding to the time "
+                     "embedding, which config.model.conditional=False removes; set "
+                     "config.model.conditional=True or config.model.num_classes=0.")
+  model = models.MODELS[name](**_MODEL_FIELDS[name](config))
+  if isinstance(model, NCSNpp):
+    model.validate()  # an unknown option fails here, not at the first call
+  return model
+
+
+def get_classifier(config) -> NoiseConditionalWideResNet:
+  """The noise-conditional classifier of an optional ``config.classifier`` (depth,
+  widen_factor, num_classes); missing fields keep the reference's CIFAR-10 WRN-28-10."""
+  c = config.get("classifier", None) or {}
+  fields = {k: c[k] for k in ("depth", "widen_factor", "num_classes") if k in c}
+  return NoiseConditionalWideResNet(**fields)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def data_spec(config) -> datasets.DataSpec:
+  """The dataset of ``config.data`` (dataset, image_size, num_channels, path, category,
+  tfds_name, data_dir)."""
+  d = config.data
+  spec = datasets.DataSpec(
+      dataset=d.dataset, image_size=d.image_size, num_channels=d.num_channels,
+      path=d.get("path"), category=d.get("category"), tfds_name=d.get("tfds_name"),
+      data_dir=d.get("data_dir"))
+  return datasets.check_data_spec(spec, prefix="config.data.")
+
+
+def get_data_scaler(config):
+  """[0, 1] -> model space, by ``config.data.centered``."""
+  return datasets.get_data_scaler(config.data.centered)
+
+
+def get_data_inverse_scaler(config):
+  """Model space -> [0, 1], by ``config.data.centered``."""
+  return datasets.get_data_inverse_scaler(config.data.centered)
+
+
+def get_dataset(config, *, batch_size: int | None = None, evaluation: bool = False,
+                uniform_dequantization: bool | None = None, **options) -> datasets.BatchIterator:
+  """``datasets.get_dataset`` of ``config.data``.
+
+  ``batch_size`` defaults to ``config.training.batch_size`` (``config.eval.batch_size`` when
+  ``evaluation``), ``uniform_dequantization`` to ``config.data.uniform_dequantization``; the
+  flips are ``config.data.random_flip``. ``options`` go to ``datasets.get_dataset`` unchanged.
+  """
+  if batch_size is None:
+    batch_size = config.eval.batch_size if evaluation else config.training.batch_size
+  if uniform_dequantization is None:
+    uniform_dequantization = config.data.uniform_dequantization
+  return datasets.get_dataset(data_spec(config), batch_size=batch_size, evaluation=evaluation,
+                              random_flip=config.data.random_flip,
+                              uniform_dequantization=uniform_dequantization, **options)
+
+
+# --- checkpoint conversion -----------------------------------------------------------------------
+
+def conversion_kwargs(config) -> dict:
+  """``model``, ``image_size`` and ``num_channels``: the io.convert arguments for a config."""
+  return dict(model=get_model(config), image_size=config.data.image_size,
+              num_channels=config.data.num_channels)
+
+
+# --- samplers -----------------------------------------------------------------------------------
+
+# Keyword-only sampler option -> the config.sampling field that sets it, where the names differ.
+OPTION_FIELDS = {"denoise": "noise_removal"}
+
+
+def sampler_options(config, sample_fn: Callable) -> dict:
+  """The keyword-only options of ``sample_fn`` that config.sampling sets: the field of the same name
+  (or OPTION_FIELDS), unless it is None, which keeps the sampler's default (``eps`` None: the SDE's
+  ``default_eps``). A required option the config leaves unset is an error naming its field."""
+  s = config.sampling
+  options = {}
+  for name, parameter in inspect.signature(sample_fn).parameters.items():
+    if parameter.kind != parameter.KEYWORD_ONLY:
+      continue
+    field = OPTION_FIELDS.get(name, name)
+    value = s.get(field)
+    if value is not None:
+      options[name] = value
+    elif parameter.default is parameter.empty:
+      raise ValueError(f"config.sampling.method={s.method!r} needs config.sampling.{field}.")
+  return options
+
+
+def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
+                classifier_fn=None) -> Callable:
+  """``sample(key, params, batch_size, labels=None, classifier_params=None) -> (x, info)``, jitted.
+
+  ``config.sampling.method`` picks the sampler of ``samplers.SAMPLERS``; its options come from
+  config.sampling (`sampler_options`). The model follows ``guidance`` (`guided_model`);
+  ``classifier_fn(classifier_params, x_in, sigma) -> logits`` is needed for classifier guidance.
+  ``batch_size`` is static: one compilation per batch size.
+  """
+  method = config.sampling.method.lower()
+  check_choice(method, SAMPLERS, "config.sampling.method")
+  sample_fn = SAMPLERS[method]
+  options = sampler_options(config, sample_fn)
+  network_model = get_network_model(config, sde)
+  k = num_classes(config)
+
+  def sample(key, params, batch_size, labels=None, classifier_params=None):
+    logits_fn = None
+    if classifier_fn is not None and classifier_params is not None:
+      logits_fn = lambda x_in, sigma: classifier_fn(classifier_params, x_in, sigma)
+    model = guided_model(guidance, sde, network_model, model_fn, params, num_classes=k,
+                         labels=labels, classifier_logits_fn=logits_fn)
+    return sample_fn(key, model, sde, (batch_size, *image_shape), **options)
+
+  return jax.jit(sample, static_argnames="batch_size")
+
+
+def get_guidance(config, kind: str | None = None) -> Guidance:
+  """``config.sampling.guidance`` (or ``kind``), its scale and the classes its labels range over."""
+  s = config.sampling
+  kind = s.guidance if kind is None else kind
+  check_choice(kind, GUIDANCE, "config.sampling.guidance")
+  label_classes = 0
+  if kind == "cfg":
+    if not num_classes(config):
+      raise ValueError("config.sampling.guidance='cfg' needs a class-conditional model: train with "
+                       "config.model.num_classes > 0 (e.g. configs/digits/ddpmpp_vp_cfg.py).")
+    label_classes = num_classes(config)
+  elif kind == "classifier":
+    label_classes = config.classifier.num_classes
+  if label_classes and s.class_label >= label_classes:
+    raise ValueError(f"config.sampling.class_label={s.class_label} is not a class of the "
+                     f"{label_classes}-class guidance; use 0..K-1, or -1 for all classes in turn.")
+  return Guidance(kind=kind, scale=float(s.guidance_scale), num_classes=label_classes,
+                  class_label=s.class_label)
+
+
+# --- options ------------------------------------------------------------------------------------
+
+def dataset_tag(config) -> str:
+  """A file-name-safe name of the configured data, e.g. 'cifar10', 'lsun-church_outdoor'."""
+  data = config.data
+  name = data.dataset.lower()
+  detail = {"lsun": data.get("category"), "tfds": data.get("tfds_name"),
+            "folder": os.path.basename(os.path.normpath(data.path)) if data.get("path") else None}.get(name)
+  return (f"{name}-{detail}" if detail else name).replace("/", "-")
+
+
+def get_data_options(config) -> DataOptions:
+  d = config.data
+  return DataOptions(dataset=d.dataset, tag=dataset_tag(config), image_size=d.image_size,
+                     num_channels=d.num_channels, centered=d.centered)
+
+
+def get_train_options(config) -> TrainOptions:
+  t, o = config.training, config.optim
+  return TrainOptions(
+      batch_size=t.batch_size, n_iters=t.n_iters, n_jitted_steps=t.n_jitted_steps,
+      log_freq=t.log_freq, eval_freq=t.eval_freq, snapshot_freq=t.snapshot_freq,
+      snapshot_freq_for_preemption=t.snapshot_freq_for_preemption,
+      snapshot_sampling=t.snapshot_sampling, snapshot_num_samples=t.get("snapshot_num_samples", 64),
+      ema_rate=config.model.ema_rate, ema_warmup=config.model.ema_warmup, lr=o.lr, warmup=o.warmup)
+
+
+def get_classifier_options(config) -> ClassifierOptions | None:
+  """``config.classifier``'s training fields; None for a config without that section."""
+  c = config.get("classifier")
+  if c is None or "n_iters" not in c:
+    return None
+  return ClassifierOptions(num_classes=c.num_classes, n_iters=c.n_iters, batch_size=c.batch_size,
+                           lr=c.lr, warmup=c.warmup, log_freq=c.log_freq, eval_freq=c.eval_freq,
+                           snapshot_freq=c.snapshot_freq)
+
+
+def get_eval_options(config) -> EvalOptions:
+  e = config.eval
+  return EvalOptions(
+      begin_ckpt=e.begin_ckpt, end_ckpt=e.end_ckpt, snapshot_freq=config.training.snapshot_freq,
+      checkpoint_timeout_s=e.get("checkpoint_timeout_s", 3600.0), batch_size=e.batch_size,
+      enable_loss=e.enable_loss, enable_bpd=e.enable_bpd, enable_sampling=e.enable_sampling,
+      num_samples=e.num_samples, bpd_dataset=e.get("bpd_dataset", "test"),
+      bpd_num_repeats=e.get("bpd_num_repeats", 5), bpd_rtol=e.get("bpd_rtol", 1e-5),
+      bpd_atol=e.get("bpd_atol", 1e-5), enable_precision_recall=e.enable_precision_recall,
+      inception_batch_size=e.inception_batch_size)
+
+
+def get_reference_options(config) -> ReferenceOptions:
+  """Which Inception reference statistics the config's FID/KID need (checked where they are used)."""
+  e = config.eval
+  return ReferenceOptions(path=e.fid_stats_path, split=e.fid_stats_split,
+                          num_images=e.fid_stats_num_images, batch_size=e.inception_batch_size)
+
+
+# --- the experiment -----------------------------------------------------------------------------
+
+def root_keys(config) -> tuple[jax.Array, ...]:
+  """PRNGKey(config.seed) and the four keys split from it: (root, init, train, eval, sample)."""
+  root_key = jax.random.PRNGKey(config.seed)
+  return (root_key, *jax.random.split(root_key, 4))
+
+
+def get_state_init(config, module=None, optimizer=None) -> Callable[[], training.TrainState]:
+  """``init() -> TrainState`` of the config's network and optimiser, replicated over the data mesh.
+
+  Reads only config.seed, .data (image size, channels), .model and .optim, so that a checkpoint
+  converter can use it with a reference config.
+  """
+  module = get_model(config) if module is None else module
+  optimizer = get_optimizer(config) if optimizer is None else optimizer
+  d = config.data
+  shape = (1, d.image_size, d.image_size, d.num_channels)
+  init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
+                                                       num_classes(config)),
+                 out_shardings=distributed.replicated(distributed.data_mesh()))
+  return functools.partial(init, root_keys(config)[1])
+
+
+def build_experiment(config, *, guidance: str | None = None) -> Experiment:
+  """Everything ``config`` describes, built once; ``guidance`` overrides config.sampling.guidance."""
+  data = get_data_options(config)
+  sde = get_sde(config)
+  module = get_model(config)
+  k = num_classes(config)
+  model_fn = training.linen_model_fn(module)
+  optimizer = get_optimizer(config)
+  root_key, _, train_key, eval_key, sample_key = root_keys(config)
+  image_shape = (data.image_size, data.image_size, data.num_channels)
+  classifier_module = get_classifier(config)
+  classifier_fn = classifier_training.get_classifier_fn(classifier_module)
+  guidance = get_guidance(config, guidance)
+  return Experiment(
+      mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
+      unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,
+      network_model=get_network_model(config, sde), optimizer=optimizer,
+      scaler=get_data_scaler(config), inverse_scaler=get_data_inverse_scaler(config),
+      seed=config.seed, root_key=root_key, train_key=train_key, eval_key=eval_key,
+      sample_key=sample_key, init_state=get_state_init(config, module, optimizer),
+      train_loss=get_loss_fn(config, sde, model_fn, train=True),
+      eval_loss=get_loss_fn(config, sde, model_fn, train=False),
+      guidance=guidance,
+      sampler=get_sampler(config, sde, model_fn, image_shape, guidance, classifier_fn),
+      pc_options=sampler_options(config, SAMPLERS["pc"]),
+      classifier_module=classifier_module, classifier_fn=classifier_fn,
+      dataset=functools.partial(get_dataset, config), data=data,
+      training=get_train_options(config), classifier=get_classifier_options(config),
+      eval=get_eval_options(config), reference=get_reference_options(config))
+
+
+def build_training_experiment(config) -> Experiment:
+  """`build_experiment` for score-model training: snapshot sample grids of a classifier-guided
+  config are unguided, since the classifier is trained separately, often later."""
+  return build_experiment(config,
+                          guidance="none" if config.sampling.guidance == "classifier" else None)

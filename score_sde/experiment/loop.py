@@ -1,0 +1,133 @@
+"""The training loop shared by score-model and classifier training: one compiled step, a Python loop.
+
+It resumes from the newest checkpoint, logs to TensorBoard, runs a periodic evaluation hook, writes
+snapshot and preemption checkpoints and stops on a non-finite loss. A trainer supplies only its
+state, its step and its hooks (`Trainer`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from score_sde.experiment import distributed
+from score_sde.io import checkpointing, logging_utils
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, evaluates and checkpoints; a frequency of 0 never fires."""
+  n_iters: int
+  steps_per_call: int  # optimiser steps of one call of the compiled step
+  examples_per_step: int
+  log_freq: int
+  eval_freq: int
+  snapshot_freq: int
+  preemption_freq: int = 0  # checkpoints to resume from, kept only until the next one
+  eval_at_end: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What one kind of training supplies to `run`.
+
+  ``open_data(start_step)`` opens the training iterator (closed by the loop); ``next_args(it)``
+  turns it into the step's arguments after the state. ``step(state, *args) -> (state, metrics)``
+  is jitted, metrics holding 'loss' (scalar or [steps_per_call]). The hooks get the step reached;
+  ``evaluate`` returns scalars that are logged and returned by `run` as the last report.
+  """
+  name: str  # progress bar and messages
+  init_state: Callable[[], Any]
+  abstract_state: Any
+  step: Any  # a jitted function
+  open_data: Callable[[int], Any]
+  next_args: Callable[[Iterator], tuple]
+  log_scalars: Callable[[int, dict], dict]
+  nonfinite_advice: str
+  evaluate: Callable[[int, Any], dict] | None = None
+  after_snapshot: Callable[[int, Any, logging_utils.MetricWriter], None] | None = None
+
+
+def _crossed(prev_step: int, step: int, freq: int) -> bool:
+  return freq > 0 and step // freq > prev_step // freq
+
+
+def _check_finite(losses: np.ndarray, prev: int, step: int, last_saved, workdir: str,
+                  trainer: Trainer) -> None:
+  if np.all(np.isfinite(losses)):
+    return
+  where = (f"the last good checkpoint is step {last_saved} in {workdir}" if last_saved
+           else "no checkpoint was written yet")
+  raise NonFiniteLossError(
+      f"The {trainer.name} loss became {losses[~np.isfinite(losses)][0]} between steps {prev} and "
+      f"{step}; training stopped and {where}. {trainer.nonfinite_advice}")
+
+
+def run(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
+  """Trains to ``schedule.n_iters`` from the newest checkpoint in ``workdir`` (or a fresh state).
+
+  Returns the final state and the last report of ``trainer.evaluate`` ({} if none ran).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  writer = logging_utils.MetricWriter(os.path.join(workdir, "tensorboard"))
+  ckpts = checkpointing.TrainCheckpoints(workdir)
+  state = ckpts.restore_latest(trainer.abstract_state) or trainer.init_state()
+  step = int(state.step)
+  if step:
+    log.info("Resuming %s from step %d in %s", trainer.name, step, workdir)
+  data = trainer.open_data(step)
+  bar = logging_utils.ProgressBar(total=schedule.n_iters, initial=step, desc=trainer.name,
+                                  examples_per_step=schedule.examples_per_step)
+  try:
+    state, step, report = _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir)
+  finally:
+    bar.close()
+    ckpts.wait_until_finished()
+    ckpts.close()
+    writer.close()
+    data.close()
+  if jax.process_index() == 0:
+    log.info("%s finished at step %d", trainer.name, step)
+  return state, report
+
+
+def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir):
+  """The loop body of `run`: (state, step, last report) at schedule.n_iters."""
+  last_saved = step or None
+  report, step_fn = {}, None
+  while step < schedule.n_iters:
+    args = trainer.next_args(data)
+    if step_fn is None:
+      step_fn = trainer.step.lower(state, *args).compile()
+      distributed.barrier(f"score_sde_{trainer.name}_step_compiled")
+    state, metrics = step_fn(state, *args)
+    losses = np.asarray(metrics["loss"]).reshape(-1)
+    prev, step = step, step + schedule.steps_per_call
+    if not np.all(np.isfinite(losses)):
+      ckpts.wait_until_finished()
+      _check_finite(losses, prev, step, last_saved, workdir, trainer)
+    bar.update(schedule.steps_per_call, loss=float(losses[-1]))
+    final = step >= schedule.n_iters
+    if _crossed(prev, step, schedule.log_freq) or final:
+      writer.scalars(step, trainer.log_scalars(step, metrics))
+    if trainer.evaluate and (_crossed(prev, step, schedule.eval_freq)
+                             or (final and schedule.eval_at_end)):
+      report = trainer.evaluate(step, state)
+      writer.scalars(step, report)
+    snapshot = _crossed(prev, step, schedule.snapshot_freq) or final
+    if snapshot or _crossed(prev, step, schedule.preemption_freq):
+      ckpts.save(step, state, snapshot=snapshot)
+      last_saved = step
+      if snapshot and trainer.after_snapshot:
+        trainer.after_snapshot(step, state, writer)
+  return state, step, report

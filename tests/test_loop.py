@@ -1,0 +1,80 @@
+"""The training loop skeleton on a toy state: hook schedule, checkpoints, resume, non-finite stop."""
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import struct
+
+from score_sde.experiment import loop
+from score_sde.io import checkpointing, logging_utils
+
+
+@struct.dataclass
+class Counter:
+  step: jax.Array
+  total: jax.Array  # sum of the data seen
+
+
+class Data:
+  """Batches 1, 2, 3, ... from ``start`` (the loop resumes the data at the restored step)."""
+
+  def __init__(self, start):
+    self.next_value, self.closed = float(start + 1), False
+
+  def __next__(self):
+    value, self.next_value = self.next_value, self.next_value + 1
+    return value
+
+  def close(self):
+    self.closed = True
+
+
+def _trainer(events, opened, poison_at=None):
+  def step(state, value):
+    loss = jnp.where(state.step + 1 == (poison_at or -1), jnp.nan, value)
+    return Counter(step=state.step + 1, total=state.total + value), {"loss": loss}
+
+  def open_data(start):
+    opened.append(Data(start))
+    return opened[-1]
+
+  init = lambda: Counter(step=jnp.zeros((), jnp.int32), total=jnp.zeros((), jnp.float32))
+  return loop.Trainer(
+      name="toy", init_state=init, abstract_state=checkpointing.abstract_like(jax.eval_shape(init)),
+      step=jax.jit(step), open_data=open_data, next_args=lambda it: (jnp.float32(next(it)),),
+      log_scalars=lambda s, m: {"toy_loss": float(m["loss"])},
+      evaluate=lambda s, state: events.append(("eval", s)) or {"total": float(state.total)},
+      after_snapshot=lambda s, state, writer: events.append(("snapshot", s)),
+      nonfinite_advice="Lower the toy rate.")
+
+
+SCHEDULE = loop.Schedule(n_iters=5, steps_per_call=1, examples_per_step=1, log_freq=2, eval_freq=3,
+                         snapshot_freq=4, preemption_freq=1, eval_at_end=True)
+
+
+def test_hooks_fire_on_schedule_and_a_rerun_resumes(tmp_path):
+  events, opened = [], []
+  state, report = loop.run(_trainer(events, opened), SCHEDULE, str(tmp_path))
+  assert int(state.step) == 5 and float(state.total) == 1 + 2 + 3 + 4 + 5
+  assert events == [("eval", 3), ("snapshot", 4), ("eval", 5), ("snapshot", 5)]
+  assert report == {"total": 15.0} and opened[0].closed
+  scalars = logging_utils.read_scalars(os.path.join(tmp_path, "tensorboard"))
+  assert [s for s, _ in scalars["toy_loss"]] == [2, 4, 5]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+
+  events.clear()
+  state, _ = loop.run(_trainer(events, opened), loop.Schedule(**{**vars(SCHEDULE), "n_iters": 7}),
+                      str(tmp_path))
+  assert opened[1].next_value == 8  # the data resumed after step 5
+  assert int(state.step) == 7 and float(state.total) == 28.0
+
+
+def test_a_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
+  events, opened = [], []
+  schedule = loop.Schedule(**{**vars(SCHEDULE), "preemption_freq": 2})
+  with pytest.raises(loop.NonFiniteLossError,
+                     match="toy loss became nan between steps 2 and 3.*checkpoint is step 2.*toy rate"):
+    loop.run(_trainer(events, opened, poison_at=3), schedule, str(tmp_path))
+  assert opened[0].closed and events == []
+  assert os.path.isdir(tmp_path / "checkpoints-meta" / "2")
