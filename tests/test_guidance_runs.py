@@ -50,8 +50,8 @@ def test_cfg_model_trains_samples_and_evaluates_with_class_labels(tmp_path, monk
   np.testing.assert_array_equal(shard["labels"], [4, 5, 6, 7])  # cycling, continued across shards
 
   config.sampling.class_label = 3
-  generate.sample(config, workdir)
-  shard = np.load(os.path.join(workdir, "samples", "final_2", "samples_0.npz"))
+  grid = generate.sample(config, workdir)
+  shard = np.load(os.path.join(os.path.dirname(grid), "samples_0.npz"))
   np.testing.assert_array_equal(shard["labels"], 3)
 
 

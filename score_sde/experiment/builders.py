@@ -296,6 +296,15 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
   return jax.jit(sample, static_argnames="batch_size")
 
 
+def get_sampler_spec(config, guidance: Guidance) -> dict:
+  """The JSON-able description of the configured sampling (`Experiment.sampler_spec`)."""
+  method = config.sampling.method.lower()
+  options = sampler_options(config, SAMPLERS[method]) if method in SAMPLERS else {}
+  return {"method": method, **options, "guidance": guidance.kind,
+          "guidance_scale": guidance.scale, "class_label": guidance.class_label,
+          "seed": config.seed}
+
+
 def get_guidance(config, kind: str | None = None) -> Guidance:
   """``config.sampling.guidance`` (or ``kind``), its scale and the classes its labels range over."""
   s = config.sampling
@@ -420,6 +429,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       eval_loss=get_loss_fn(config, sde, model_fn, train=False),
       guidance=guidance,
       sampler=get_sampler(config, sde, model_fn, image_shape, guidance, classifier_fn),
+      sampler_spec=get_sampler_spec(config, guidance),
       pc_options=sampler_options(config, SAMPLERS["pc"]),
       classifier_module=classifier_module, classifier_fn=classifier_fn,
       dataset=functools.partial(get_dataset, config), data=data,

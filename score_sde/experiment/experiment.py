@@ -113,6 +113,9 @@ class Experiment:
   eval_loss: Callable
   guidance: Guidance
   sampler: Callable  # (key, params, batch_size, labels, classifier_params) -> (x, info)
+  # What the sampler's output depends on besides the key and params: method, options, guidance,
+  # seed. Stored with sample shards, so shards of another sampler are never reused.
+  sampler_spec: dict
   pc_options: dict  # keyword options of sample_pc, for inpainting and colorization
   classifier_module: nn.Module
   classifier_fn: Callable  # (params, x_in, sigma) -> logits

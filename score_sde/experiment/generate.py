@@ -1,6 +1,8 @@
 """Sampling runs of a trained checkpoint: rounds of samples written as resumable shards."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from score_sde.experiment import builders
 from score_sde.experiment.experiment import Experiment
-from score_sde.experiment.outputs import atomic_npz
+from score_sde.experiment.outputs import atomic_json, atomic_npz
 from score_sde.experiment.restore import guidance_classifier_params, latest_params
 from score_sde.io import datasets, logging_utils
 
@@ -21,9 +23,12 @@ def sample_rounds(exp: Experiment, params, key, out_dir: str,
   """eval.num_samples samples in rounds of eval.batch_size, one .npz shard per round.
 
   Returns uint8 samples [n, H, W, C] and their class labels [n] (-1 when unguided). A shard already
-  on disk is kept, so an interrupted run resumes where it stopped.
+  on disk is kept, so an interrupted run resumes where it stopped; ``out_dir/sampling.json`` records
+  what made the shards (`sampling_spec`), and shards of another sampler, seed or batch size are
+  refused rather than reused.
   """
   n, b = exp.eval.num_samples, exp.eval.batch_size
+  claim_shard_dir(out_dir, sampling_spec(exp))
   shards, shard_labels = [], []
   bar = logging_utils.ProgressBar(total=-(-n // b), desc="sampling")
   for r in range(-(-n // b)):
@@ -42,8 +47,34 @@ def sample_rounds(exp: Experiment, params, key, out_dir: str,
   return np.concatenate(shards)[:n], np.concatenate(shard_labels)[:n]
 
 
+def sampling_spec(exp: Experiment) -> dict:
+  """Everything a shard's samples depend on besides the checkpoint and the round's key."""
+  return {**exp.sampler_spec, "batch_size": exp.eval.batch_size}
+
+
+def claim_shard_dir(out_dir: str, spec: dict) -> None:
+  """Records ``spec`` in ``out_dir/sampling.json``, or checks that the shards there match it."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "sampling.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    if stored != json.loads(json.dumps(spec)):
+      changed = sorted(k for k in set(stored) | set(spec) if stored.get(k) != spec.get(k))
+      raise ValueError(f"{out_dir} holds samples made with other settings ({', '.join(changed)}: "
+                       f"{ {k: stored.get(k) for k in changed} }); move it away, or choose another "
+                       "output folder (e.g. --eval_folder), to sample with the new settings.")
+  elif any(f.startswith("samples_") for f in os.listdir(out_dir)):
+    raise ValueError(f"{out_dir} holds sample shards of unknown settings (no sampling.json); move "
+                     "them away to sample again.")
+  else:
+    atomic_json(path, spec)
+
+
 def sample(config, workdir: str) -> str:
-  """Writes eval.num_samples samples of the newest checkpoint to workdir/samples/final_<step>.
+  """Writes eval.num_samples samples of the newest checkpoint to
+  workdir/samples/final_<step>_<method>_<digest>, a folder per sampling setting
+  (`sampling_spec`, stored in its sampling.json).
 
   Class-guided when ``config.sampling.guidance`` is 'cfg' or 'classifier' (labels cycle through the
   classes unless ``sampling.class_label`` picks one; each shard stores its 'labels').
@@ -51,8 +82,9 @@ def sample(config, workdir: str) -> str:
   exp = builders.build_experiment(config)
   step, params = latest_params(exp, workdir)
   classifier_params = guidance_classifier_params(exp, workdir)
-  out_dir = os.path.join(workdir, "samples", f"final_{step}")
-  os.makedirs(out_dir, exist_ok=True)
+  spec = sampling_spec(exp)
+  digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+  out_dir = os.path.join(workdir, "samples", f"final_{step}_{spec['method']}_{digest}")
   samples, _ = sample_rounds(exp, params, jax.random.fold_in(exp.sample_key, step), out_dir,
                              classifier_params)
   path = os.path.join(out_dir, "samples.png")

@@ -56,6 +56,8 @@ def _check_timesteps(timesteps, descending: bool) -> Array:
   timesteps = jnp.asarray(timesteps)
   if timesteps.ndim != 1 or timesteps.shape[0] < 2:
     raise ValueError(f"timesteps must be a 1-D grid of at least 2 times; got shape {timesteps.shape}.")
+  if isinstance(timesteps, jax.core.Tracer):  # a grid computed inside the caller's jit
+    return timesteps
   diffs = np.diff(np.asarray(timesteps))
   if not (np.all(diffs < 0) if descending else np.all(diffs > 0)):
     order = "decreasing (from T towards 0)" if descending else "increasing (from eps towards T)"
