@@ -8,6 +8,9 @@ import pytest
 from score_sde.experiment import config_utils, run_lib
 from tests.helpers.tiny_config import tiny_config
 
+# End-to-end training and guided sampling: minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 
 def _small(config):
   config.model.num_scales = 10

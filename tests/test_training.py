@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+# Each test trains in subprocesses (one to four devices, two processes): minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
