@@ -44,10 +44,11 @@ def pickle_global(module, name):
 def _dump(obj, out: bytearray, legacy: bool) -> None:
   """Appends the protocol-2 opcodes that build `obj`."""
   if isinstance(obj, Tensor):
-    pid = ("storage", obj.storage_name, obj.key, "cpu", obj.numel)
     out += pickle_global("torch._utils", "_rebuild_tensor_v2") + b"("  # MARK of the argument tuple
-    out += b"(" + b"".join(_encode(p) if i != 1 else pickle_global("torch", p) for i, p in enumerate(pid))
-    out += (b"N" if legacy else b"") + b"tQ"  # legacy pids carry a view slot; BINPERSID
+    out += (b"(" + _encode("storage") + pickle_global("torch", obj.storage_name) + _encode(obj.key)
+            + _encode("cpu") + _encode(obj.numel)
+            + (b"N" if legacy else b"")  # legacy persistent ids carry a view slot
+            + b"tQ")  # TUPLE, BINPERSID
     for arg in (obj.offset, tuple(obj.shape), tuple(obj.stride), False):
       _dump(arg, out, legacy)
     out += pickle_global("collections", "OrderedDict") + b")R"  # backward hooks
