@@ -180,6 +180,7 @@ def test_unused_and_missing_keys_are_errors():
     convert.from_pytorch_state_dict(state_dict, wrong_config)
 
 
+@pytest.mark.slow
 def test_checkpoint_with_ema_and_converted_model_runs():
   config = tiny_config()
   rng = np.random.default_rng(1)
@@ -201,6 +202,7 @@ def test_checkpoint_with_ema_and_converted_model_runs():
   assert y.shape == x.shape and np.all(np.isfinite(y))
 
 
+@pytest.mark.slow
 def test_torch_zip_reader_and_cli(tmp_path):
   model_sd, where = synthetic_state_dict(NCSNPP_TINY, np.random.default_rng(2))
   model_sd = collections.OrderedDict((k, np.asarray(v, np.float32)) for k, v in model_sd.items())
