@@ -30,5 +30,5 @@ setup(
         "torch": ["torch>=2.0"],
     },
     entry_points={"console_scripts": ["score-sde=score_sde.experiment.cli:main",
-                                      "score-sde-convert=score_sde.io.convert:convert_main"]},
+                                      "score-sde-convert=score_sde.experiment.convert_cli:convert_main"]},
 )

@@ -9,6 +9,8 @@ reference's step at the same configuration and prints the ratio. The reference's
 extension is replaced by a pure-PyTorch upfirdn2d so that it runs on CPU.
 
 Run: PYTHONPATH=. python experiments/bench_models.py [--repeats 5] [--cases tiny,full]
+--quick: the tiny case only, 1 repeat, no FIR share (a smoke test); the PyTorch side still needs
+--pytorch-ref.
 """
 import argparse
 import functools
@@ -222,7 +224,12 @@ def main(argv=None):
   parser.add_argument("--no-fir-share", action="store_true", help="skip the fir=False timing")
   parser.add_argument("--pytorch-ref", default=None, help="path to a score_sde_pytorch checkout")
   parser.add_argument("--fir-ops", action="store_true", help="also time the FIR ops alone")
+  parser.add_argument("--quick", action="store_true", help="tiny case, 1 repeat, no FIR share")
   args = parser.parse_args(argv)
+  if args.quick:
+    args.cases, args.repeats, args.no_fir_share = "tiny", 1, True
+  if not args.pytorch_ref:
+    print("no --pytorch-ref: skipping the PyTorch reference (JAX timings only)")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.repeats} repeats (median)")
   if args.fir_ops:
     bench_fir_ops(args.repeats)

@@ -7,6 +7,7 @@ Wall times and ratios are medians over --repeats runs after one compiling run; t
 evaluation is timed right before and after each run, so that load from other jobs cancels.
 
   PYTHONPATH=. python experiments/bench_samplers.py [--image 32 32 3] [--batch 64] [--hidden 1024]
+  --quick: 4x4x1 images, batch 4, hidden 32, N = 10, 1 repeat (a smoke test).
 """
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ def main():
   parser.add_argument("--steps", type=int, default=100, help="N of the PC samplers")
   parser.add_argument("--ll-batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat")
   args = parser.parse_args()
+  if args.quick:
+    args.image, args.batch, args.hidden, args.steps, args.ll_batch, args.repeats = (4, 4, 1), 4, 32, 10, 2, 1
 
   shape = (args.batch, *args.image)
   dim = math.prod(args.image)

@@ -1,6 +1,7 @@
 """Times one training step of a config, comparing the unrolled n_jitted_steps loop with lax.scan.
 
   python experiments/bench_train_step.py --config configs/digits/ddpmpp_vp_small.py --k 2
+  --quick: the config shrunk to a one-level nf 8 model on 8x8 images, batch 4, 1 repeat (a smoke test).
 
 On XLA:CPU the backward convolutions run much slower inside a while-loop body, which is why
 ``training.make_train_step`` unrolls its n_jitted_steps loop. Prints medians over repeats.
@@ -39,8 +40,13 @@ def main():
   parser.add_argument("--config", default="configs/digits/ddpmpp_vp_small.py")
   parser.add_argument("--k", type=int, default=2, help="optimiser steps per jitted call")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--quick", action="store_true", help="a tiny model, batch 4, 1 repeat")
   args = parser.parse_args()
   config = _load_config(args.config)
+  if args.quick:
+    args.repeats = 1
+    config.data.image_size, config.training.batch_size = 8, 4
+    config.model.nf, config.model.ch_mult, config.model.attn_resolutions = 8, (1,), ()
   exp = builders.build_experiment(config)
   state = exp.init_state()
   batches = {"image": jnp.zeros((args.k, exp.training.batch_size, *exp.image_shape))}

@@ -69,6 +69,7 @@ def test_sample_does_not_depend_on_batch(x64):
   np.testing.assert_array_equal(info_small["nfe_per_sample"], info["nfe_per_sample"][:5])
 
 
+@pytest.mark.slow
 def test_reaches_euler_maruyama_1000_error_with_far_fewer_evaluations(x64):
   """Expected shape (Jolicoeur-Martineau et al. 2021, Fig. 1): at the default tolerances the adaptive
   solver's moment error is within the EM-1000 error plus sampling noise, at a fraction of its NFE."""

@@ -33,6 +33,7 @@ def _gaussian_nll_nats(sde, cov, y, extra_var=0.0):
                 + extra_var * np.trace(np.linalg.inv(c)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("centered", [True, False])
 def test_bits_per_dim_matches_closed_form_without_dequantization(centered, x64):
   model, sde, x = _gaussian_setup()

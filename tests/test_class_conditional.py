@@ -21,6 +21,7 @@ def _init(module, class_labels=None):
   return module.init(jax.random.PRNGKey(0), x, jnp.zeros((2,)), train=False, **kw)["params"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module_class", [NCSNpp, DDPM])
 def test_class_embedding_conditions_the_output(module_class):
   # DDPM's GroupNorm has 32 groups: with 32 channels each group is one channel, and normalising it

@@ -9,6 +9,9 @@ from score_sde.io import checkpointing
 from score_sde.experiment import builders, controllable_io
 from tests.helpers.tiny_config import tiny_config
 
+# End-to-end runs of the modes on a trained checkpoint: minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 
 def _checkpointed(config, workdir):
   """A work directory holding a fresh (untrained, step 0) train state saved as checkpoint 1."""

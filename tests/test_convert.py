@@ -5,10 +5,6 @@ The expected PyTorch module lists below are written out by hand from the referen
 """
 import collections
 import os
-import pickle
-import sys
-import types
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +13,10 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_sde.io import convert
+from score_sde.experiment import convert_cli
 from score_sde.experiment.builders import conversion_kwargs, get_model
+from score_sde.io import convert, torch_pickle
+from tests.helpers import torch_save
 
 
 def tiny_config(name="ncsnpp"):
@@ -183,6 +181,7 @@ def test_unused_and_missing_keys_are_errors():
     convert.from_pytorch_state_dict(state_dict, **conversion_kwargs(wrong_config))
 
 
+@pytest.mark.slow
 def test_checkpoint_with_ema_and_converted_model_runs():
   config = tiny_config()
   rng = np.random.default_rng(1)
@@ -204,87 +203,30 @@ def test_checkpoint_with_ema_and_converted_model_runs():
   assert y.shape == x.shape and np.all(np.isfinite(y))
 
 
-def _write_torch_zip(path, obj):
-  """torch.save (zip format); without torch, an equivalent file written with stand-in classes."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    torch = None
-  if torch is not None:
-    torch.save(jax.tree_util.tree_map(torch.from_numpy, obj), path)
-    return
-  fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-
-  class FloatStorage:
-    pass
-  FloatStorage.__module__ = "torch"
-  fake_torch.FloatStorage = FloatStorage
-
-  def _rebuild_tensor_v2(*args):
-    raise AssertionError("only used by reference when pickling")
-  _rebuild_tensor_v2.__module__ = "torch._utils"
-  fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-  storages = {}
-
-  class Storage:
-    def __init__(self, array):
-      self.key, self.array = str(len(storages)), array
-      storages[self.key] = array
-
-  class Tensor:
-    def __init__(self, array):
-      self.array = array
-
-    def __reduce_ex__(self, protocol):
-      a = np.ascontiguousarray(self.array, np.float32)
-      stride = tuple(s // 4 for s in a.strides)
-      return (_rebuild_tensor_v2, (Storage(a), 0, a.shape, stride, False,
-                                   collections.OrderedDict()))
-
-  class Pickler(pickle.Pickler):
-    def persistent_id(self, o):
-      if isinstance(o, Storage):
-        return ("storage", FloatStorage, o.key, "cpu", o.array.size)
-      return None
-
-  wrapped = jax.tree_util.tree_map(Tensor, obj, is_leaf=lambda a: isinstance(a, np.ndarray))
-  saved = {m: sys.modules.get(m) for m in ("torch", "torch._utils")}
-  sys.modules["torch"], sys.modules["torch._utils"] = fake_torch, fake_utils
-  try:
-    import io  # pylint: disable=import-outside-toplevel
-    buf = io.BytesIO()
-    Pickler(buf, protocol=2).dump(wrapped)
-  finally:
-    for m, v in saved.items():
-      if v is None:
-        sys.modules.pop(m, None)
-      else:
-        sys.modules[m] = v
-  with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("archive/data.pkl", buf.getvalue())
-    for key, array in storages.items():
-      archive.writestr(f"archive/data/{key}", array.tobytes())
-
-
+@pytest.mark.slow
 def test_torch_zip_reader_and_cli(tmp_path):
-  config = tiny_config()
   model_sd, where = synthetic_state_dict(NCSNPP_TINY, np.random.default_rng(2))
   model_sd = collections.OrderedDict((k, np.asarray(v, np.float32)) for k, v in model_sd.items())
   model_sd["module.all_modules.4.Conv_0.weight"] = np.asfortranarray(
       model_sd["module.all_modules.4.Conv_0.weight"])  # non-contiguous strides survive
-  ckpt = {"model": model_sd, "step": np.asarray([3], np.float32)}
+  ckpt = {"model": model_sd, "step": np.asarray([3], np.float32),
+          "optimizer": {"param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": [0, 1]}]}}
   pth = str(tmp_path / "checkpoint_8.pth")
-  _write_torch_zip(pth, ckpt)
-  loaded = convert.load_torch_checkpoint(pth)
+  torch_save.save(pth, ckpt)
+  loaded = torch_pickle.load_torch_file(pth)
   assert list(loaded["model"]) == list(model_sd)  # order preserved (EMA alignment needs it)
   for k, v in model_sd.items():
     np.testing.assert_array_equal(loaded["model"][k], v)
+  assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+  torch_save.save(str(tmp_path / "legacy.pth"), ckpt, legacy=True)
+  legacy = torch_pickle.load_torch_file(str(tmp_path / "legacy.pth"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, legacy, loaded)
 
   config_file = tmp_path / "tiny_config.py"
   config_file.write_text(
       "import sys\nsys.path.insert(0, %r)\nfrom test_convert import experiment_config\n"
       "def get_config():\n  return experiment_config()\n" % os.path.dirname(__file__))
-  out = convert.convert_main(["--config", str(config_file), "--source", pth,
+  out = convert_cli.convert_main(["--config", str(config_file), "--source", pth,
                               "--out", str(tmp_path / "orbax")])
   from score_sde.io import checkpointing
   from score_sde.experiment import builders  # pylint: disable=import-outside-toplevel

@@ -334,6 +334,8 @@ def test_tfds_reference_datasets_with_mock_data(dataset, image_size, extra):
       assert batch["image"].shape == (4, image_size, image_size, 3)
       assert batch["image"].dtype == np.float32
       assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+      # Mock pixels are uniform on 0..255 (resizing averages them): mean 1/2, not constant.
+      assert batch["image"].std() > 0.05 and 0.4 < batch["image"].mean() < 0.6
       if dataset in ("CIFAR10", "SVHN"):
         assert ((0 <= batch["label"]) & (batch["label"] < 10)).all()
       else:

@@ -11,6 +11,9 @@ from score_sde.io import logging_utils
 from score_sde.experiment import builders, evaluation, generate, loop, train
 from tests.helpers.tiny_config import tiny_config
 
+# End-to-end runs of the modes (train, sample, eval): minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 
 def test_train_sample_and_evaluate(tmp_path, monkeypatch):
   monkeypatch.delenv("SCORE_SDE_INCEPTION_WEIGHTS", raising=False)  # FID/KID/IS: tests/test_fid_reference.py

@@ -23,6 +23,9 @@ from score_sde.metrics import features, fid, inception
 from tests.helpers import torch_save
 from tests.helpers.tiny_config import tiny_config
 
+# End-to-end runs of the modes with the Inception network: minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 BATCH = 2
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -36,6 +36,7 @@ def test_lerp_and_parallel_fallback(x64):
                              rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_interpolate_endpoints_reconstruct_inputs(x64):
   """α = 0 and 1 decode the encoded inputs: the round trip through the PF ODE at tight tolerance."""
   sde = sde_lib.VPSDE()

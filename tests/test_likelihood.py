@@ -30,6 +30,7 @@ def _prior_mismatch(mix, sde, z):
   return mix.marginal_log_prob(sde, z, jnp.full((z.shape[0],), sde.T)) - sde.prior_logp(z)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_exact_divergence_matches_analytic_log_density(sde, x64):
   mix = _mixture()
@@ -44,6 +45,7 @@ def test_exact_divergence_matches_analytic_log_density(sde, x64):
   assert per_dim_error.max() < 1e-3, per_dim_error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("divergence", ["rademacher", "gaussian"])
 def test_hutchinson_estimate_is_unbiased(divergence, x64):
   """Replicating one point across the batch gives independent probes (probe b = fold_in(key, b))."""

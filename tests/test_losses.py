@@ -199,5 +199,13 @@ def test_loss_passes_dropout_rng_and_train_flag():
     return jnp.zeros_like(x)
 
   loss_fn = losses.get_loss_fn(None, sde_lib.VPSDE(), model_fn, train=True, continuous=True)
-  loss_fn({}, jax.random.PRNGKey(0), jnp.ones((2, 3)))
-  assert seen["train"] is True and seen["rng"] is not None
+  rngs = []
+  for seed in (0, 0, 1):
+    key = jax.random.PRNGKey(seed)
+    loss_fn({}, key, jnp.ones((2, 3)))
+    assert seen["train"] is True
+    # A key derived from the loss key: never the loss key itself (t and z are drawn from it).
+    assert seen["rng"].shape == key.shape and not np.array_equal(seen["rng"], key)
+    rngs.append(np.asarray(seen["rng"]))
+  np.testing.assert_array_equal(rngs[0], rngs[1])  # deterministic in the key
+  assert not np.array_equal(rngs[0], rngs[2])  # and it varies with it

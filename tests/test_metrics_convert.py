@@ -117,6 +117,7 @@ def test_reader_refuses_arbitrary_globals(tmp_path):
     torch_pickle.load_torch_state_dict(str(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_published_layout_converts_to_linen_variables(tmp_path, fmt):
   sd = published_state_dict(seed=1)

@@ -109,6 +109,7 @@ def test_variable_and_output_shapes():
   assert out["pool_3"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
 
 
+@pytest.mark.slow
 def test_full_forward_features_and_stats(random_weights):
   rng = np.random.default_rng(5)
   images_u8 = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)

@@ -82,7 +82,12 @@ def test_subsets_and_standard_error():
   again = kid.kernel_inception_distance(x, y, num_subsets=20, subset_size=10, seed=7)
   assert est == again
   np.testing.assert_allclose(est.std_error, est.std / np.sqrt(20), rtol=1e-12)
-  assert est.std > 0
+  # Mean and sample std (ddof 1) of the per-subset MMD²_u, subsets drawn x then y from the seed.
+  rng = np.random.default_rng(7)
+  per_subset = [kid.mmd2_unbiased(x[rng.choice(40, 10, replace=False)], y[rng.choice(30, 10, replace=False)])
+                for _ in range(20)]
+  np.testing.assert_allclose([est.mean, est.std], [np.mean(per_subset), np.std(per_subset, ddof=1)],
+                             rtol=1e-12)
 
 
 def test_bad_inputs_are_rejected():

@@ -66,6 +66,7 @@ def tiny():
   return model, params, x, sigma
 
 
+@pytest.mark.slow
 def test_logits_shape_finite_and_train_flag(tiny):
   model, params, x, sigma = tiny
   logits = model.apply({'params': params}, x, sigma, train=False)

@@ -190,6 +190,7 @@ def test_scale_by_sigma_divides_by_sigma_continuous_and_discrete():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_centered_handling():
   """Uncentered models map [0, 1] data to [-1, 1]: f_uncentered(x) == f_centered(2x - 1)."""
   x, labels = X4, jnp.array([0.5, 3.0, 0.5, 3.0])
@@ -256,6 +257,7 @@ def test_dropout_rng_behaviour():
     model.apply({"params": params}, x, labels, train=True)
 
 
+@pytest.mark.slow
 def test_ddpm_forward_and_conditioning():
   config = tiny_config(name="ddpm", ch_mult=(1, 2), nf=32)
   model = get_model(config)

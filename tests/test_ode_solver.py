@@ -35,6 +35,7 @@ def _decode_error(sde, z, reference, rtol):
   return float(jnp.max(jnp.abs(x - reference)))
 
 
+@pytest.mark.slow
 def test_ode_error_shrinks_with_tolerance(x64):
   sde = sde_lib.VPSDE()
   z = jax.random.normal(jax.random.PRNGKey(1), (16, 2))

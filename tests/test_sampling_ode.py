@@ -15,6 +15,7 @@ ALL_SDES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_sample_ode_matches_mixture(sde):
   x, info = ode.sample_ode(jax.random.PRNGKey(0), sampler_checks.isotropic_score_fn(sde), sde,
@@ -24,6 +25,7 @@ def test_sample_ode_matches_mixture(sde):
   sampler_checks.assert_matches_mixture(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_encode_decode_is_the_identity(sde, x64):
   score_fn = sampler_checks.isotropic_score_fn(sde)
@@ -36,6 +38,7 @@ def test_encode_decode_is_the_identity(sde, x64):
   assert float(jnp.std(z)) > (5.0 if isinstance(sde, sde_lib.VESDE) else 0.5)
 
 
+@pytest.mark.slow
 def test_ode_samples_do_not_depend_on_the_batch():
   """Step-size control is per sample (vmap): adding samples to the batch changes nothing."""
   sde = sde_lib.VPSDE()

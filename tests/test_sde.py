@@ -143,6 +143,7 @@ def test_reverse_drift_and_discretization(make_sde, probability_flow, x64):
   assert rev.N == sde.N and rev.T == sde.T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_sde", ALL_SDES)
 def test_sdes_are_pytrees_and_transformable(make_sde):
   sde = make_sde()

@@ -45,6 +45,7 @@ def test_mixture_sampling_moments(x64):
   np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 10 * se_cov)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_exact_score_is_gradient_of_marginal_log_density(sde, x64):
   mix = _mixture_3d()
@@ -54,6 +55,7 @@ def test_exact_score_is_gradient_of_marginal_log_density(sde, x64):
   np.testing.assert_allclose(mix.marginal_score(sde, x, t), autodiff, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde", ALL_SDES)
 def test_marginal_matches_diffused_samples(sde, x64):
   """p_t of the mixture has the moments of x_t = m x_0 + std z with x_0 from the mixture."""
@@ -77,6 +79,7 @@ def test_marginal_matches_diffused_samples(sde, x64):
   assert abs(w.mean() - 1) < 5 * w.std() / np.sqrt(len(y))
 
 
+@pytest.mark.slow
 def test_shapes_have_samples_and_densities():
   key = jax.random.PRNGKey(0)
   for name in sorted(toy.SHAPES):

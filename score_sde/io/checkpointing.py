@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,6 +30,12 @@ def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False
                                          enable_async_checkpointing=jax.process_count() == 1,
                                          read_only=read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+# Called as `after_save_started(step, checkpoints)` once `TrainCheckpoints.save` has started the
+# writes of `step` and before they are waited for; None in normal runs. tests/helpers/train_worker.py
+# sets it to kill a run at a known point of a save.
+after_save_started: Optional[Callable[[int, "TrainCheckpoints"], None]] = None
 
 
 class TrainCheckpoints:
@@ -61,6 +67,8 @@ class TrainCheckpoints:
     self.preemption.save(step, args=ocp.args.StandardSave(state), force=True)
     if snapshot:
       self.snapshots.save(step, args=ocp.args.StandardSave(state), force=True)
+    if after_save_started is not None:
+      after_save_started(step, self)
 
   def wait_until_finished(self) -> None:
     self.preemption.wait_until_finished()

@@ -1,10 +1,11 @@
 """Import the reference implementations' pretrained checkpoints into this project's parameter trees.
 
-* score_sde_pytorch `.pth` files: `load_torch_checkpoint` reads torch's zip+pickle format without
-  torch; `from_pytorch_checkpoint` maps its `model` state dict and its `ema` shadow parameters;
+* score_sde_pytorch `.pth` files: `torch_pickle.load_torch_file` reads them without torch;
+  `from_pytorch_checkpoint` maps its `model` state dict and its `ema` shadow parameters;
   `from_pytorch_state_dict` maps one state dict (`module.` prefixes of DataParallel are stripped).
 * yang-song/score_sde (JAX/Flax) `checkpoint_N` msgpack files: `from_flax_checkpoint`.
-* `convert_main(argv)`: command line that writes an orbax checkpoint {'params', 'ema_params'}.
+* `score_sde/experiment/convert_cli.py` (`score-sde-convert`) writes the result as a training work
+  directory.
 
 Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp or DDPM) and the
 `image_size` and `num_channels` of its inputs; `score_sde.experiment.builders.conversion_kwargs`
@@ -14,15 +15,9 @@ The key mapping is documented in docs/models.md. PyTorch keeps the network in on
 ModuleList, indexed in construction order; inside each block the submodule names (Conv_0,
 GroupNorm_1, NIN_0, Dense_0, Conv2d_0) are the same as in our Flax tree.
 """
-import argparse
 import collections
-import importlib.util
-import io
 import os
-import pickle
 import re
-import sys
-import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -31,88 +26,6 @@ import numpy as np
 
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
-
-# ---------------------------------------------------------------------------------------------
-# Reading torch's .pth (zip) format without torch.
-# ---------------------------------------------------------------------------------------------
-
-_TORCH_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class _StorageType:
-  def __init__(self, name: str):
-    if name not in _TORCH_STORAGE_DTYPES or _TORCH_STORAGE_DTYPES[name] is None:
-      raise ValueError(f"Unsupported torch storage type {name}; convert the checkpoint to "
-                       "float32 first (or install torch).")
-    self.dtype = np.dtype(_TORCH_STORAGE_DTYPES[name])
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-  """torch._utils._rebuild_tensor_v2 as a strided numpy view of the storage."""
-  itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(
-      storage[storage_offset:], shape=tuple(size),
-      strides=tuple(s * itemsize for s in stride)).copy()
-
-
-class _TorchUnpickler(pickle.Unpickler):
-  """Unpickles torch's data.pkl, resolving tensors to numpy arrays and nothing else from torch."""
-
-  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
-    super().__init__(file)
-    self._archive, self._prefix, self._storages = archive, prefix, {}
-
-  def find_class(self, module, name):
-    if module == "torch._utils" and name == "_rebuild_tensor_v2":
-      return _rebuild_tensor
-    if module == "torch._utils" and name == "_rebuild_parameter":
-      return lambda data, requires_grad, hooks, *unused: data
-    if module == "torch" and name.endswith("Storage"):
-      return _StorageType(name)
-    if module == "collections" and name == "OrderedDict":
-      return collections.OrderedDict
-    if module == "torch" and name == "Size":
-      return tuple
-    if module in ("builtins", "__builtin__") and name in ("set", "frozenset", "dict", "list",
-                                                          "tuple", "slice", "complex"):
-      return getattr(__import__("builtins"), name)
-    raise pickle.UnpicklingError(f"Refusing to load {module}.{name} from a checkpoint; only "
-                                 "tensors and plain containers are supported.")
-
-  def persistent_load(self, pid):
-    kind, storage_type, key, _location, numel = pid
-    if kind != "storage":
-      raise pickle.UnpicklingError(f"Unknown persistent id {pid!r}.")
-    if key not in self._storages:
-      raw = self._archive.read(f"{self._prefix}/data/{key}")
-      self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
-    return self._storages[key]
-
-
-def load_torch_checkpoint(path: str) -> Any:
-  """Read a torch.save file (zip format, torch >= 1.6) into dicts of numpy arrays, without torch.
-
-  Falls back to torch.load (if torch is installed) for the legacy non-zip format.
-  """
-  if not zipfile.is_zipfile(path):
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise ValueError(f"{path} is not a zip-format torch checkpoint; install torch to read "
-                       "the legacy format.") from None
-    return torch.load(path, map_location="cpu", weights_only=False)
-  with zipfile.ZipFile(path) as archive:
-    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-    if len(pkl) != 1:
-      raise ValueError(f"{path}: expected one */data.pkl in the archive, found {pkl}.")
-    prefix = pkl[0][:-len("/data.pkl")]
-    return _TorchUnpickler(io.BytesIO(archive.read(pkl[0])), archive, prefix).load()
-
 
 # ---------------------------------------------------------------------------------------------
 # The PyTorch module list (`all_modules`) of each model, with the Flax name of every entry.
@@ -396,56 +309,3 @@ def from_flax_checkpoint(source, model, *, image_size: int, num_channels: int) -
     _check_against_model(flat, model, image_size, num_channels, f"Flax checkpoint {key}")
     out[key] = _nest(flat)
   return out
-
-
-def _load_config(path: str):
-  spec = importlib.util.spec_from_file_location("score_sde_convert_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def convert_main(argv: Optional[List[str]] = None) -> str:
-  """CLI: convert a reference checkpoint into a training work directory of this project.
-
-  Usage: score-sde-convert --config CONFIG.py --source CKPT [--format pytorch|flax] --out WORKDIR
-  Writes a snapshot (params, EMA params, a fresh optimiser state) to WORKDIR/checkpoints, so that
-  ``main.py --config CONFIG.py --workdir WORKDIR --mode sample`` (or eval, or train to fine-tune)
-  uses it directly.
-  """
-  parser = argparse.ArgumentParser(prog="score-sde-convert", description=convert_main.__doc__)
-  parser.add_argument("--config", required=True, help="config file with get_config()")
-  parser.add_argument("--source", required=True, help=".pth (PyTorch) or checkpoint_N (JAX)")
-  parser.add_argument("--format", choices=["pytorch", "flax"], default=None,
-                      help="default: pytorch for .pth/.pt files, flax otherwise")
-  parser.add_argument("--out", required=True, help="work directory to write the checkpoint into")
-  parser.add_argument("--step", type=int, default=0, help="training step to record")
-  args = parser.parse_args(argv)
-  from score_sde.io import checkpointing  # pylint: disable=import-outside-toplevel
-  from score_sde.experiment import builders, distributed  # pylint: disable=import-outside-toplevel
-
-  config = _load_config(args.config)
-  target = builders.conversion_kwargs(config)
-  fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
-  if fmt == "pytorch":
-    converted = from_pytorch_checkpoint(load_torch_checkpoint(args.source), **target)
-  else:
-    converted = from_flax_checkpoint(args.source, **target)
-  converted.setdefault("ema_params", converted["params"])
-
-  state = builders.get_state_init(config)()
-  replicated = distributed.replicated(distributed.data_mesh())
-  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), replicated)
-  state = state.replace(step=jnp.asarray(args.step, jnp.int32), params=to_device(converted["params"]),
-                        ema_params=to_device(converted["ema_params"]))
-  out = os.path.abspath(args.out)
-  ckpts = checkpointing.TrainCheckpoints(out)
-  ckpts.save(args.step, state, snapshot=True)
-  ckpts.wait_until_finished()
-  ckpts.close()
-  print(f"wrote step {args.step} to {out}/checkpoints")
-  return out
-
-
-if __name__ == "__main__":
-  convert_main(sys.argv[1:])

@@ -1,4 +1,6 @@
-"""Read a PyTorch `state_dict` file (`torch.save`) into NumPy arrays without importing torch.
+"""Read a `torch.save` file (a state dict, or a checkpoint of nested dicts and lists of tensors) into
+NumPy arrays without importing torch. The one reader of `.pth` files: checkpoint conversion
+(`score_sde.io.convert`) and the Inception weights (`score_sde.metrics.convert_inception`) use it.
 
 Two on-disk formats exist:
   * zip (torch >= 1.6): `<root>/data.pkl` is a pickle whose tensors refer, through persistent ids
@@ -7,8 +9,8 @@ Two on-disk formats exist:
     the list of storage keys) followed, for each key in that list, by an int64 element count and the
     raw buffer.
 In both, a tensor is pickled as a call `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`.
-The restricted unpickler below resolves only the handful of globals a state dict needs, so loading a
-file cannot execute arbitrary code.
+The restricted unpickler below resolves only the handful of globals that tensors and plain containers
+need, so loading a file cannot execute arbitrary code.
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ _ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch", "Size"): tuple,
 }
 
 
@@ -112,8 +115,8 @@ class _StateDictUnpickler(pickle.Unpickler):
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
-          f"Refusing to load global {module}.{name}: only plain tensor state dicts can be read "
-          "without torch.") from None
+          f"Refusing to load global {module}.{name}: only tensors and plain containers can be "
+          "read without torch.") from None
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
@@ -201,9 +204,14 @@ def _load_legacy(path: str):
   return _materialize(obj)
 
 
+def load_torch_file(path: str):
+  """Loads a `torch.save` file (zip or legacy format), tensors as np.ndarray, without torch."""
+  return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+
+
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """Loads a `torch.save`d state dict (zip or legacy format) as {name: np.ndarray}, without torch."""
-  obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+  obj = load_torch_file(path)
   if not isinstance(obj, dict):
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping name -> tensor).")
   return obj

@@ -1,20 +1,30 @@
 """Runs a tiny training job in its own process (device count and jax.distributed are per process).
 
   python -m tests.helpers.train_worker OUT_NPZ WORKDIR N_ITERS [--coordinator HOST:PORT
-      --num_processes P --process_id I]
+      --num_processes P --process_id I] [--kill_at STEP --kill_when saving|saved]
 
 Writes the final parameters and the logged per-step losses to OUT_NPZ (from process 0).
+With --kill_at, the process SIGKILLs itself at the save of STEP: right after the writes started
+(`saving`) or once they are committed (`saved`), a preemption at a known point.
 """
 import argparse
 import logging
 import os
+import signal
 
 import jax
 import numpy as np
 
 from score_sde.experiment import distributed, train
-from score_sde.io import logging_utils
+from score_sde.io import checkpointing, logging_utils
 from tests.helpers.tiny_config import tiny_config
+
+
+def _kill_at(step, ckpts, args):
+  if step == args.kill_at:
+    if args.kill_when == "saved":
+      ckpts.wait_until_finished()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main():
@@ -26,7 +36,11 @@ def main():
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
   parser.add_argument("--preemption_freq", type=int, default=2)
+  parser.add_argument("--kill_at", type=int)
+  parser.add_argument("--kill_when", choices=["saving", "saved"], default="saved")
   args = parser.parse_args()
+  if args.kill_at is not None:
+    checkpointing.after_save_started = lambda step, ckpts: _kill_at(step, ckpts, args)
   logging.basicConfig(level=logging.WARNING)
   distributed.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   config = tiny_config()

@@ -1,0 +1,65 @@
+"""``score-sde-convert``: a reference checkpoint (PyTorch or JAX) as a training work directory."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from typing import List, Optional
+
+import jax
+import jax.numpy as jnp
+
+from score_sde.experiment import builders, distributed
+from score_sde.io import checkpointing, torch_pickle
+from score_sde.io.convert import from_flax_checkpoint, from_pytorch_checkpoint
+
+
+def _load_config(path: str):
+  spec = importlib.util.spec_from_file_location("score_sde_convert_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def convert_main(argv: Optional[List[str]] = None) -> str:
+  """CLI: convert a reference checkpoint into a training work directory of this project.
+
+  Usage: score-sde-convert --config CONFIG.py --source CKPT [--format pytorch|flax] --out WORKDIR
+  Writes a snapshot (params, EMA params, a fresh optimiser state) to WORKDIR/checkpoints, so that
+  ``main.py --config CONFIG.py --workdir WORKDIR --mode sample`` (or eval, or train to fine-tune)
+  uses it directly.
+  """
+  parser = argparse.ArgumentParser(prog="score-sde-convert", description=convert_main.__doc__)
+  parser.add_argument("--config", required=True, help="config file with get_config()")
+  parser.add_argument("--source", required=True, help=".pth (PyTorch) or checkpoint_N (JAX)")
+  parser.add_argument("--format", choices=["pytorch", "flax"], default=None,
+                      help="default: pytorch for .pth/.pt files, flax otherwise")
+  parser.add_argument("--out", required=True, help="work directory to write the checkpoint into")
+  parser.add_argument("--step", type=int, default=0, help="training step to record")
+  args = parser.parse_args(argv)
+  config = _load_config(args.config)
+  target = builders.conversion_kwargs(config)
+  fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
+  if fmt == "pytorch":
+    converted = from_pytorch_checkpoint(torch_pickle.load_torch_file(args.source), **target)
+  else:
+    converted = from_flax_checkpoint(args.source, **target)
+  converted.setdefault("ema_params", converted["params"])
+
+  state = builders.get_state_init(config)()
+  replicated = distributed.replicated(distributed.data_mesh())
+  to_device = lambda tree: jax.device_put(jax.tree_util.tree_map(jnp.asarray, tree), replicated)
+  state = state.replace(step=jnp.asarray(args.step, jnp.int32), params=to_device(converted["params"]),
+                        ema_params=to_device(converted["ema_params"]))
+  out = os.path.abspath(args.out)
+  ckpts = checkpointing.TrainCheckpoints(out)
+  ckpts.save(args.step, state, snapshot=True)
+  ckpts.wait_until_finished()
+  ckpts.close()
+  print(f"wrote step {args.step} to {out}/checkpoints")
+  return out
+
+
+if __name__ == "__main__":
+  convert_main(sys.argv[1:])

@@ -1,0 +1,38 @@
+"""Smoke runs: every script in experiments/ runs end to end with --quick (tiny sizes, seconds)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Script -> extra arguments; `{tmp}` is the test's temporary directory (no file of docs/ is written).
+SCRIPTS = {
+    "bench_models.py": [],
+    "bench_samplers.py": [],
+    "bench_train_step.py": [],
+    "digits_guidance.py": ["--figure", "{tmp}/guidance.png"],
+    "inpainting_bias.py": [],
+    "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
+    "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
+    "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
+}
+
+
+def test_every_script_has_a_smoke_run():
+  scripts = sorted(n for n in os.listdir(os.path.join(ROOT, "experiments")) if n.endswith(".py"))
+  assert scripts == sorted(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_quick_run(script, tmp_path):
+  args = [a.format(tmp=tmp_path) for a in SCRIPTS[script]]
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, os.path.join("experiments", script), "--quick", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  for a in args:
+    if a.startswith(str(tmp_path)):
+      assert os.path.getsize(a) > 0, a
