@@ -12,6 +12,9 @@ from score_sde.io import datasets
 from tests.helpers.tiny_config import tiny_config
 
 
+pytestmark = pytest.mark.slow
+
+
 def _small(config):
   config.model.num_scales = 10
   config.training.n_iters = 2
