@@ -26,7 +26,7 @@ TIMES = np.array([1e-3, 0.05, 0.3, 0.6, 1.0])
 
 
 def _closed_form_coefficients(sde, t):
-  """(m, std, m', std') from the formulas of REFERENCE.md, differentiated by hand."""
+  """(m, std, m', std') from the closed-form schedules of sde.py, differentiated by hand."""
   t = np.asarray(t)
   if isinstance(sde, sde_lib.VESDE):
     std = sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
@@ -121,7 +121,7 @@ class _StraightPath:
 
 
 def test_velocity_of_the_straight_path_is_noise_minus_data(x64):
-  """Rectified flow: v = z - x_0, x_0 = x - t v (REFERENCE.md, "Rectified flow")."""
+  """Rectified flow: v = z - x_0, x_0 = x - t v (Liu et al. 2022)."""
   kx, kz = jax.random.split(jax.random.PRNGKey(3))
   x0, z = jax.random.normal(kx, (4, 3)), jax.random.normal(kz, (4, 3))
   t = jnp.array([0.1, 0.4, 0.7, 0.95])

@@ -160,7 +160,7 @@ def test_adaptive_samplers_run_inside_the_callers_jit(name, x64):
 
 
 def test_sde_step_rules(x64):
-  """The per-SDE rules of the PC steps are SDE methods (REFERENCE.md, predictors and correctors)."""
+  """The per-SDE rules of the PC steps are SDE methods (Song et al. 2021, Appendix G; the reference implementation)."""
   t = jnp.asarray([0.0, 0.37, 1.0])
   i = np.asarray([0, 18, 49])  # int(t (N - 1)) for N = 50
   vp, subvp = sde_lib.VPSDE(N=50), sde_lib.SubVPSDE(N=50)

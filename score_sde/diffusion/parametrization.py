@@ -1,8 +1,7 @@
 """Parametrizations of a diffusion model: noise levels, and conversions between predictions.
 
 Every SDE of ``sde.py`` has p_0t(x_t | x_0) = N(m(t) x_0, std(t)^2 I). Notation, one meaning each
-throughout the package (except ``samplers/dpm_solver.py``, which keeps its paper's α_t = m,
-σ_t = std):
+throughout the package (DPM-Solver's α_t and σ_t are written m_t and std_t there):
 
   symbol     name here    meaning
   m, std     ``m, std``   x_t = m(t) x_0 + std(t) ε, ε ~ N(0, I) (``SDE.marginal_params``)

@@ -5,7 +5,7 @@ Each SDE is an immutable pytree (a ``flax.struct`` dataclass) of pure methods th
 
 The SDE also owns its *score parametrization*: how time becomes a network's noise label
 (``noise_labels``) and how a network's output becomes a score (``score_from_output``), for
-continuous and discrete training (REFERENCE.md, "Score parametrization").
+continuous and discrete training (as the reference implementation).
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class SDE:
 
   # --- score parametrization -------------------------------------------------------------
   def noise_labels(self, t: Array, continuous: bool) -> Array:
-    """The noise label fed to the network at time t [B] (REFERENCE.md "Score parametrization")."""
+    """The noise label fed to the network at time t [B] (as the reference implementation)."""
     raise NotImplementedError
 
   def score_from_output(self, output: Array, t: Array, continuous: bool) -> Array:

@@ -1,10 +1,10 @@
 """DPM-Solver (Lu et al., NeurIPS 2022) and DPM-Solver++ (Lu et al., 2022b) for any linear SDE.
 
-With α_t = m(t), σ_t = std(t) and λ = log(α_t / σ_t) (``sde.log_snr``), the probability-flow ODE
+With m_t = m(t), std_t = std(t) and λ = log(m_t / std_t) (``sde.log_snr``), the probability-flow ODE
 has the exact solution (DPM-Solver eq. 3.4, DPM-Solver++ eq. 9), for h = λ_t - λ_s > 0,
 
-    noise prediction:  x_t = (α_t/α_s) x_s - σ_t ∫_0^h e^{h-u} ε̂(λ_s + u) du
-    data prediction:   x_t = (σ_t/σ_s) x_s + α_t ∫_0^h e^{-(h-u)} x̂_0(λ_s + u) du.
+    noise prediction:  x_t = (m_t/m_s) x_s - std_t ∫_0^h e^{h-u} ε̂(λ_s + u) du
+    data prediction:   x_t = (std_t/std_s) x_s + m_t ∫_0^h e^{-(h-u)} x̂_0(λ_s + u) du.
 
 Each solver replaces the prediction by a polynomial in λ fitted to k model evaluations and integrates
 it exactly: with derivative estimates d_j ≈ d^j/dλ^j (prediction) at λ_s, the integral is
@@ -17,14 +17,14 @@ cheaper φ_1 ≈ h φ_0 / 2, also second order.)
   * multistep 2M/3M (DPM-Solver++ Algorithm 2): derivatives from divided differences of the last
     2-3 evaluations, lower orders during warm-up and, for short runs, at the end;
   * ``stochastic``: SDE-DPM-Solver(++) for the reverse SDE (Lu et al. 2022b, Appendix; Gonzalez
-    et al. 2023). Data prediction: x_t = (σ_t/σ_s) e^{-h} x_s + α_t Σ_j ψ_j d_j + σ_t √(1 - e^{-2h}) z
-    with ψ_j = ∫_0^h 2 e^{-2(h-u)} u^j/j! du; noise prediction: x_t = (α_t/α_s) x_s - 2 σ_t Σ_j φ_j d_j
-    + σ_t √(e^{2h} - 1) z. Single-step only at order 1 (higher single-step orders would need the
+    et al. 2023). Data prediction: x_t = (std_t/std_s) e^{-h} x_s + m_t Σ_j ψ_j d_j + std_t √(1 - e^{-2h}) z
+    with ψ_j = ∫_0^h 2 e^{-2(h-u)} u^j/j! du; noise prediction: x_t = (m_t/m_s) x_s - 2 std_t Σ_j φ_j d_j
+    + std_t √(e^{2h} - 1) z. Single-step only at order 1 (higher single-step orders would need the
     Brownian path at the intermediate points); multistep at any order.
 
 Time grids (``get_timesteps``): uniform in t, uniform in λ (logSNR), or the EDM ρ-schedule in
 σ = e^{-λ}, all mapped back to t with ``parametrization.t_of_log_snr``. VP, sub-VP and VE are handled alike;
-for VE α = 1 and λ = -log σ(t).
+for VE m = 1 and λ = -log σ(t).
 """
 from __future__ import annotations
 
@@ -95,18 +95,18 @@ class _Update:
 
   def __call__(self, x, s, t, derivs, z=None):
     """x_t from x_s [B, ...] and derivative estimates [d_0, ...] of the prediction at λ_s."""
-    alpha_s, sigma_s = self.sde.marginal_params(s)
-    alpha_t, sigma_t = self.sde.marginal_params(t)
+    m_s, std_s = self.sde.marginal_params(s)
+    m_t, std_t = self.sde.marginal_params(t)
     h = self.sde.log_snr(t) - self.sde.log_snr(s)
     phis = _phi(h, len(derivs), 2.0 if self.stochastic else 1.0, self.data)
     integral = sum(p * d for p, d in zip(phis, derivs))
     if self.data:
-      linear = sigma_t / sigma_s * (jnp.exp(-h) if self.stochastic else 1.0)
-      x_t = linear * x + alpha_t * integral
-      noise_std = sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * h))
+      linear = std_t / std_s * (jnp.exp(-h) if self.stochastic else 1.0)
+      x_t = linear * x + m_t * integral
+      noise_std = std_t * jnp.sqrt(-jnp.expm1(-2.0 * h))
     else:
-      x_t = alpha_t / alpha_s * x - (2.0 if self.stochastic else 1.0) * sigma_t * integral
-      noise_std = sigma_t * jnp.sqrt(jnp.expm1(2.0 * h))
+      x_t = m_t / m_s * x - (2.0 if self.stochastic else 1.0) * std_t * integral
+      noise_std = std_t * jnp.sqrt(jnp.expm1(2.0 * h))
     if self.stochastic:
       x_t = x_t + noise_std * z
     return x_t

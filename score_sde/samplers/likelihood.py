@@ -98,7 +98,7 @@ def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool
   The model sees scaler(x) = 2x - 1 if ``centered`` else x, i.e. ``scale`` [0, 1] shifted, and
     bpd = -log p_model(scaler(x)) / (D ln 2) + 8 - log2(scale),
   where log2(scale) converts the density to [0, 1] units and 8 = log2(256) converts a density on
-  [0, 1] into the probability of one of 256 bins per dimension (REFERENCE.md: offset 7 centered,
+  [0, 1] into the probability of one of 256 bins per dimension (offset 7 centered,
   8 otherwise).
 
   With ``dequantize`` the data are (255 x + u) / 256 with u ~ U[0, 1)^D, redrawn for each of
