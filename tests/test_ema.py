@@ -7,8 +7,6 @@ import pytest
 
 from score_sde.experiment import training
 
-jax.config.update("jax_enable_x64", True)
-
 
 def test_ema_decay_formula():
   steps = jnp.arange(0, 5000)
@@ -39,7 +37,7 @@ def _run_to_constant(n_steps, ema_warmup, ema_rate=0.999):
 
 
 @pytest.mark.parametrize("ema_warmup", [True, False])
-def test_short_run_ema_weight_on_initialisation(ema_warmup):
+def test_short_run_ema_weight_on_initialisation(ema_warmup, x64):
   n = 300
   p0, c, ema = _run_to_constant(n, ema_warmup)
   k = np.arange(1, n + 1, dtype=np.float64)

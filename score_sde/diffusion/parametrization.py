@@ -148,14 +148,24 @@ def sigma_inputs(sde: SDE, x: Array, t: Array) -> tuple[Array, Array]:
   return x / batch_broadcast(m, x), std / m
 
 
+def checked_output(out: Array, x: Array, kind: str) -> Array:
+  """``out``, after checking (at trace time) that a model's output has its input's shape [B, ...];
+  a broadcasting output such as [1, H, W, C] would otherwise give silently wrong samples."""
+  if out.shape != x.shape:
+    raise ValueError(f"The {kind} returned shape {out.shape} for an input of shape {x.shape}; it must "
+                     "return one value per input entry (same shape as x).")
+  return out
+
+
 def data_prediction(model: Model, sde: SDE) -> Callable[[Array, Array], Array]:
   """x0_fn(x_t [B, ...], t [B]) -> x̂_0."""
 
   def x0_fn(x, t):
     if isinstance(model, Denoiser):
-      return model(*sigma_inputs(sde, x, t))
+      return checked_output(model(*sigma_inputs(sde, x, t)), x, "denoiser")
     m, std = sde.marginal_params(t)
-    return data_from_score(x, model(x, t), batch_broadcast(m, x), batch_broadcast(std, x))
+    score = checked_output(model(x, t), x, "score function")
+    return data_from_score(x, score, batch_broadcast(m, x), batch_broadcast(std, x))
 
   return x0_fn
 
@@ -199,7 +209,7 @@ def as_denoiser(model: Model, sde: SDE) -> DenoiserFn:
 def as_score_fn(model: Model, sde: SDE) -> ScoreFn:
   """score_fn(x_t, t) = (m D(x_t / m, σ) - x_t) / std² for a Denoiser; a score passes through."""
   if not isinstance(model, Denoiser):
-    return model
+    return lambda x, t: checked_output(model(x, t), x, "score function")
   x0_fn = data_prediction(model, sde)
 
   def score_fn(x, t):

@@ -107,6 +107,10 @@ class SDE:
     m, std = self.marginal_params(t)
     return jnp.log(m) - jnp.log(std)
 
+  def check_discretization(self) -> None:
+    """Raises ValueError when the N-level discretization used by the PC steps is not a valid
+    Markov chain (checked when the schedule is concrete)."""
+
   def langevin_step_scale(self, t: Array) -> Array:
     """alpha_i [B] of the Langevin step sizes e = 2 alpha_i (...)^2 (Algorithms 4-5)."""
     raise ValueError(f"Langevin correctors need a step-size rule alpha_i, which "
@@ -247,6 +251,16 @@ class _VPFamily(SDE):
 
   def drift_coef(self, t):
     return -0.5 * self.beta(t)
+
+  def check_discretization(self):
+    """The discrete beta_i = linspace(beta_0 / N, beta_1 / N, N) must stay below 1."""
+    if isinstance(self.beta_max, jax.core.Tracer):
+      return
+    if float(self.beta_max) / self.N >= 1.0:
+      raise ValueError(f"{type(self).__name__}(N={self.N}, beta_max={self.beta_max}): the discrete "
+                       f"beta_N = beta_max / N = {float(self.beta_max) / self.N:.3g} >= 1 makes every "
+                       "reverse-diffusion, ancestral or Langevin step NaN. Use N > beta_max (the "
+                       "reference uses N = 1000), or predictor='euler_maruyama' with corrector='none'.")
 
   def langevin_step_scale(self, t):
     """alpha_i = 1 - beta_i with beta_i = linspace(beta_0 / N, beta_1 / N, N)[i] (VP and sub-VP)."""

@@ -69,8 +69,30 @@ def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def resolve_eps(sde: SDE, eps: float | None) -> float:
-  """The smallest time of sampling: ``eps``, or the SDE's ``default_eps`` when None."""
-  return sde.default_eps if eps is None else eps
+  """The smallest time of sampling: ``eps``, or the SDE's ``default_eps`` when None; it must lie in
+  (0, T] (checked when it is a concrete number)."""
+  eps = sde.default_eps if eps is None else eps
+  if not isinstance(eps, jax.core.Tracer) and not 0.0 < float(eps) <= sde.T:
+    raise ValueError(f"eps must be in (0, T = {sde.T}]: the smallest time the solve reaches; got "
+                     f"{eps}. The reference uses 1e-5 for VE and 1e-3 for VP / sub-VP.")
+  return eps
+
+
+def batch_mask(mask: Array, x: Array) -> Array:
+  """A per-sample boolean mask [B] shaped to broadcast against x [B, ...]."""
+  return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+
+
+def check_tolerances(rtol, atol) -> None:
+  """Adaptive solvers need rtol, atol >= 0 (not both 0); checked when concrete."""
+  values = {"rtol": rtol, "atol": atol}
+  if any(isinstance(v, jax.core.Tracer) for v in values.values()):
+    return
+  for name, value in values.items():
+    if not float(value) >= 0.0:
+      raise ValueError(f"{name} must be >= 0; got {value}.")
+  if float(rtol) == 0.0 and float(atol) == 0.0:
+    raise ValueError("rtol and atol are both 0: the adaptive solver could never accept a step.")
 
 
 def host_int(count) -> int:

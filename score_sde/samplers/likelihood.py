@@ -70,6 +70,8 @@ def log_likelihood(key: Array, model: Model, sde: SDE, x: Array, *,
   if divergence not in DIVERGENCES:
     raise ValueError(f"Unknown divergence {divergence!r}; valid choices are {DIVERGENCES}.")
   ode.get_solver(solver)
+  common.check_tolerances(rtol, atol)
+  eps = common.resolve_eps(sde, eps)
   return _log_likelihood(key, common.as_model(model), sde, x, rtol, atol, eps,
                          divergence=divergence, solver=solver)
 
@@ -85,8 +87,13 @@ def _log_likelihood(key, model, sde, x, rtol, atol, eps, *, divergence, solver):
                                          rtol=rtol, atol=atol, solver=solver)
     return z, delta, nfe
 
-  z, delta, nfe = common.vmap_over_samples(one, model, x, probe_keys)
-  return sde.prior_logp(z) + delta, z, jnp.max(nfe)
+  # A non-finite sample would stall its adaptive solve (and so the batch's): it is solved as
+  # zeros instead and gets a NaN log-likelihood.
+  finite = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)  # [B]
+  x_safe = jnp.where(common.batch_mask(finite, x), x, 0.0)
+  z, delta, nfe = common.vmap_over_samples(one, model, x_safe, probe_keys)
+  logp = jnp.where(finite, sde.prior_logp(z) + delta, jnp.nan)
+  return logp, jnp.where(common.batch_mask(finite, z), z, jnp.nan), jnp.max(nfe)
 
 
 def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool,

@@ -94,6 +94,7 @@ def encode(model: Model, sde: SDE, x: Array, *, rtol: float = 1e-5, atol: float 
   probability-flow ODE. Returns (z, {'nfe'}). Step-size control is per sample: z_b depends on x_b alone.
   """
   get_solver(solver)
+  common.check_tolerances(rtol, atol)
   z, nfe = _solve_pf_ode(common.as_model(model), sde, x, common.resolve_eps(sde, eps), sde.T,
                          rtol, atol, solver=solver)
   return z, {"nfe": common.host_int(nfe)}
@@ -103,6 +104,7 @@ def decode(model: Model, sde: SDE, z: Array, *, rtol: float = 1e-5, atol: float 
            solver: str = "tsit5", eps: float | None = None) -> tuple[Array, dict]:
   """Maps latents z [B, ...] (at time T) back to data x(eps); the inverse of ``encode``."""
   get_solver(solver)
+  common.check_tolerances(rtol, atol)
   x, nfe = _solve_pf_ode(common.as_model(model), sde, z, sde.T, common.resolve_eps(sde, eps),
                          rtol, atol, solver=solver)
   return x, {"nfe": common.host_int(nfe)}
@@ -120,6 +122,7 @@ def sample_ode(key: Array, model: Model, sde: SDE, shape: Sequence[int], *, rtol
   """
   shape = common.check_shape(shape)
   get_solver(solver)
+  common.check_tolerances(rtol, atol)
   x, nfe = _sample_ode(key, common.as_model(model), sde, rtol, atol, common.resolve_eps(sde, eps),
                        shape=shape, solver=solver, denoise=denoise)
   return x, {"nfe": common.host_int(nfe)}

@@ -53,6 +53,8 @@ def sample_pc(key: Array, model: Model, sde: SDE, shape: Sequence[int], *,
   corrector_fn = correctors_lib.get_corrector(corrector)
   if predictor_fn is None and corrector_fn is None:
     raise ValueError("predictor='none' and corrector='none' leave nothing to do; choose at least one.")
+  if predictor in ("reverse_diffusion", "ancestral_sampling") or corrector_fn is not None:
+    sde.check_discretization()
   if corrector_fn is not None and n_steps_each < 1:
     raise ValueError(f"n_steps_each (corrector steps per level) must be >= 1; got {n_steps_each}.")
   x = _sample_pc(key, common.as_model(model), sde, snr, common.resolve_eps(sde, eps), constraint,
