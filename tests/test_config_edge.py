@@ -132,3 +132,26 @@ def test_conversion_kwargs():
   kwargs = builders.conversion_kwargs(ncsnpp_config())
   assert (kwargs["image_size"], kwargs["num_channels"]) == (8, 3)
   assert kwargs["model"] == builders.get_model(ncsnpp_config())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("training.batch_size", 0, r"config.training.batch_size=0 must be a positive"),
+    ("eval.batch_size", -2, r"config.eval.batch_size=-2 must be a positive"),
+    ("data.image_size", 32, r"attn_resolutions=\(8,\) names \[8\], which the network never reaches "
+                            r"with config.data.image_size=32"),
+])
+def test_cross_field_config_errors_come_before_any_work(field, value, message):
+  config = _digits_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    builders.build_experiment(config)
+
+
+def _digits_config():
+  from tests.helpers.tiny_config import tiny_config
+  config = tiny_config()
+  config.model.ch_mult = (1, 2)
+  config.model.attn_resolutions = (8,)
+  config.data.image_size = 16
+  return config

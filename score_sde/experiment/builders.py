@@ -405,8 +405,27 @@ def get_state_init(config, module=None, optimizer=None) -> Callable[[], training
   return functools.partial(init, root_keys(config)[1])
 
 
+def check_config(config) -> None:
+  """The checks across fields that no single builder sees, before any work: one line each."""
+  for field in ("training.batch_size", "eval.batch_size"):
+    section, name = field.split(".")
+    value = config[section][name]
+    if value < 1:
+      raise ValueError(f"config.{field}={value} must be a positive number of images.")
+  m = config.model
+  if m.name in ("ncsnpp", "ddpm"):
+    reached = [config.data.image_size // 2**i for i in range(len(m.ch_mult))]
+    unreached = [r for r in m.attn_resolutions if r not in reached]
+    if unreached:
+      raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)} names "
+                       f"{unreached}, which the network never reaches with config.data.image_size="
+                       f"{config.data.image_size} and ch_mult={tuple(m.ch_mult)} (it reaches "
+                       f"{reached}); the attention blocks would silently be dropped.")
+
+
 def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   """Everything ``config`` describes, built once; ``guidance`` overrides config.sampling.guidance."""
+  check_config(config)
   data = get_data_options(config)
   sde = get_sde(config)
   module = get_model(config)
