@@ -155,3 +155,19 @@ def _digits_config():
   config.model.attn_resolutions = (8,)
   config.data.image_size = 16
   return config
+
+
+def test_unknown_override_field_is_one_line(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config", "configs/digits/ddpmpp_vp_small.py", "--workdir",
+       str(tmp_path), "--config.training.nonexistent=1"],
+      cwd=root, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "Unknown config field 'nonexistent' in --config.training.nonexistent=1: the config file has no "
+      "such field (spelling, or section?)."]
+  assert not os.listdir(tmp_path)  # nothing was started

@@ -85,4 +85,13 @@ def main(argv=None):
   # Config files import their bases as `configs.*`, relative to the repository root.
   sys.path.insert(0, os.getcwd())
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_run, argv)
+  try:
+    app.run(_run, argv)
+  except AttributeError as e:
+    if FLAGS.is_parsed():
+      raise
+    # ml_collections rejects an override of a field the config lacks while the flags are parsed.
+    name = str(e).strip("'\"")
+    given = [a for a in (argv or sys.argv) if a.startswith("--config.") and name in a]
+    sys.exit(f"Unknown config field {name!r} in {' '.join(given) or 'a --config.* override'}: "
+             "the config file has no such field (spelling, or section?).")
