@@ -105,3 +105,5 @@ def test_bad_inputs(tmp_path):
   _checkpointed(config, workdir)
   with pytest.raises(ValueError, match="Corrupt or unreadable image file"):
     controllable_io.inpaint(config, workdir, str(tmp_path / "bad"), "center")
+  with pytest.raises(FileNotFoundError, match=r"--input '.*nowhere': path=.* is not a directory"):
+    controllable_io.inpaint(config, workdir, str(tmp_path / "nowhere"), "center")

@@ -181,6 +181,21 @@ def test_unused_and_missing_keys_are_errors():
     convert.from_pytorch_state_dict(state_dict, **conversion_kwargs(wrong_config))
 
 
+def test_non_finite_weights_are_refused_and_dtypes_become_the_models():
+  config = tiny_config()
+  state_dict, _ = synthetic_state_dict(NCSNPP_TINY, np.random.default_rng(0), prefix="")
+  wide = {k: np.asarray(v, np.float64) for k, v in state_dict.items()}
+  params = convert.from_pytorch_state_dict(wide, **conversion_kwargs(config))
+  leaves = jax.tree_util.tree_leaves(params)
+  assert leaves and all(leaf.dtype == np.float32 for leaf in leaves)
+  poisoned = dict(state_dict)
+  weight = np.array(poisoned["all_modules.8.NIN_3.W"], np.float32)
+  weight.flat[0] = np.nan
+  poisoned["all_modules.8.NIN_3.W"] = weight
+  with pytest.raises(ValueError, match="AttnBlockpp_0/NIN_3/W holds NaN or infinite values"):
+    convert.from_pytorch_state_dict(poisoned, **conversion_kwargs(config))
+
+
 @pytest.mark.slow
 def test_checkpoint_with_ema_and_converted_model_runs():
   config = tiny_config()

@@ -51,7 +51,10 @@ def load_mask(mask: str, image_size: int) -> np.ndarray:
 
 def _read_inputs(input_path: str, image_size: int, num_channels: int) -> tuple[list[str], np.ndarray]:
   """The images under ``input_path``, centrally cropped and resized: (files, [n, S, S, C] in [0, 1])."""
-  files = datasets.list_image_files(input_path)
+  try:
+    files = datasets.list_image_files(input_path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"--input {input_path!r}: {e}") from None
   images = [datasets.crop_resize(datasets.read_image(f, num_channels), image_size) for f in files]
   return files, np.stack(images)
 

@@ -191,6 +191,8 @@ def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict:
 
 def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, image_size: int,
                          num_channels: int, source: str):
+  """Checks the converted leaves against the model's parameters (names, shapes, finite values)
+  and casts them to the model's dtypes, in place."""
   expected = dict(_flatten(_expected_params(model, image_size, num_channels)))
   missing = sorted("/".join(p) for p in expected if p not in flat)
   unexpected = sorted("/".join(p) for p in flat if p not in expected)
@@ -203,6 +205,10 @@ def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, image_s
     if flat[path].shape != spec.shape:
       raise ValueError(f"{source}: {'/'.join(path)} has shape {flat[path].shape}, the model "
                        f"expects {spec.shape}; check the model's fields (nf, ch_mult, ...).")
+    if not np.all(np.isfinite(flat[path])):
+      raise ValueError(f"{source}: {'/'.join(path)} holds NaN or infinite values; the checkpoint "
+                       "is corrupt or from a diverged run.")
+    flat[path] = flat[path].astype(spec.dtype)  # e.g. float64 or int64 arrays -> the model's float32
 
 
 def strip_module_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
