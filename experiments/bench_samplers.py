@@ -7,7 +7,7 @@ Wall times and ratios are medians over --repeats runs after one compiling run; t
 evaluation is timed right before and after each run, so that load from other jobs cancels.
 
   PYTHONPATH=. python experiments/bench_samplers.py [--image 32 32 3] [--batch 64] [--hidden 1024]
-  --quick: 4x4x1 images, batch 4, hidden 32, N = 10, 1 repeat (a smoke test).
+  --quick: 4x4x1 images, batch 4, hidden 32, N = 25 (VP's discrete chain needs N > beta_max = 20), 1 repeat (a smoke test).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat")
   args = parser.parse_args()
   if args.quick:
-    args.image, args.batch, args.hidden, args.steps, args.ll_batch, args.repeats = (4, 4, 1), 4, 32, 10, 2, 1
+    args.image, args.batch, args.hidden, args.steps, args.ll_batch, args.repeats = (4, 4, 1), 4, 32, 25, 2, 1
 
   shape = (args.batch, *args.image)
   dim = math.prod(args.image)

@@ -82,8 +82,14 @@ def _pc(predictor, corrector, per_step):
   def make(nfe):
     if nfe % per_step:
       return None
+    sde = sde_lib.VPSDE(N=nfe // per_step)
+    if predictor == "reverse_diffusion" or corrector != "none":
+      try:
+        sde.check_discretization()
+      except ValueError:
+        return None  # N <= beta_max: the discrete chain is not defined (every sample NaN)
     options = dict(predictor=predictor, corrector=corrector, snr=0.16, eps=EPS)
-    return "pc", sde_lib.VPSDE(N=nfe // per_step), options
+    return "pc", sde, options
   return make
 
 

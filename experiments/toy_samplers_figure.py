@@ -2,7 +2,7 @@
 
 Writes docs/figures/toy_samplers.png (needs matplotlib):
   PYTHONPATH=. python experiments/toy_samplers_figure.py [--out docs/figures/toy_samplers.png]
-  --quick: 100 samples, N = 20 (a smoke test, seconds).
+  --quick: 100 samples, N = 40 (a smoke test, seconds; VP's discrete chain needs N > beta_max = 20).
 """
 from __future__ import annotations
 
@@ -47,10 +47,10 @@ def main():
   parser.add_argument("--out", default="docs/figures/toy_samplers.png")
   parser.add_argument("--n", type=int, default=2000)
   parser.add_argument("--steps", type=int, default=300, help="N of the SDEs")
-  parser.add_argument("--quick", action="store_true", help="n=100, steps=20")
+  parser.add_argument("--quick", action="store_true", help="n=100, steps=40")
   args = parser.parse_args()
   if args.quick:
-    args.n, args.steps = 100, 20
+    args.n, args.steps = 100, 40
   fig, axes = plt.subplots(2, 4, figsize=(12, 6.3), sharex=True, sharey=True)
   for ax, (title, x, info) in zip(axes.ravel(), panels(args.n, args.steps)):
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="k" if title == "data" else "C0")

@@ -47,7 +47,7 @@ def test_train_sample_and_evaluate(tmp_path, monkeypatch):
   assert 0 < report["bpd"] < 30
   assert report["fdd"]["num_samples"] == 6
   shards = sorted(os.listdir(os.path.join(workdir, "eval", "ckpt_1")))
-  assert shards == ["samples.png", "samples_0.npz", "samples_1.npz"]
+  assert shards == ["samples.png", "samples_0.npz", "samples_1.npz", "sampling.json"]
 
   # A restarted evaluation skips the finished checkpoint.
   assert evaluation.evaluate(config, workdir) == {}
