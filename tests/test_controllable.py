@@ -213,7 +213,7 @@ def test_cfg_with_equal_covariances_samples_the_tilted_gaussian(x64):
 
 
 def test_guided_samplers_do_not_recompile_for_new_labels_or_weights(x64):
-  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=10)
+  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=30)  # N > beta_max: a valid discrete chain
   cond, uncond = toy.gaussian(jnp.ones(2), jnp.eye(2)), toy.gaussian(jnp.zeros(2), jnp.eye(2))
   labelled = _labelled_score(sde, cond, uncond, 2)
   before = None
