@@ -1,4 +1,5 @@
 """The training loop skeleton on a toy state: hook schedule, checkpoints, resume, non-finite stop."""
+import json
 import os
 
 import jax
@@ -78,3 +79,27 @@ def test_a_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
     loop.run(_trainer(events, opened, poison_at=3), schedule, str(tmp_path))
   assert opened[0].closed and events == []
   assert os.path.isdir(tmp_path / "checkpoints-meta" / "2")
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_and_nothing_is_touched(tmp_path):
+  """Two trainings on one workdir: the second would clean up the first's in-progress saves."""
+  from score_sde.experiment import train
+  from score_sde.io import checkpointing
+  from tests.helpers.tiny_config import tiny_config
+  workdir = str(tmp_path / "run")
+  with checkpointing.workdir_lock(workdir):
+    holder = json.load(open(os.path.join(workdir, checkpointing.LOCK_FILE)))
+    assert holder["pid"] == os.getpid()
+    with pytest.raises(checkpointing.WorkdirLockedError,
+                       match=rf"{workdir} is in use by another run \(.*\"pid\": {os.getpid()}"):
+      with checkpointing.workdir_lock(workdir):
+        pass
+    config = tiny_config()
+    config.training.n_iters = 2
+    with pytest.raises(checkpointing.WorkdirLockedError, match="in use by another run"):
+      train.train(config, workdir)
+    assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]  # no checkpoint folders made
+  # Released: the lock file is emptied and a run proceeds.
+  assert open(os.path.join(workdir, checkpointing.LOCK_FILE)).read() == ""
+  with checkpointing.workdir_lock(workdir):
+    pass

@@ -74,11 +74,16 @@ def _check_finite(losses: np.ndarray, prev: int, step: int, last_saved, workdir:
 
 
 def run(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
-  """Trains to ``schedule.n_iters`` from the newest checkpoint in ``workdir`` (or a fresh state).
+  """Trains to ``schedule.n_iters`` from the newest checkpoint in ``workdir`` (or a fresh state),
+  holding the work directory's lock (a second run on it is refused).
 
   Returns the final state and the last report of ``trainer.evaluate`` ({} if none ran).
   """
-  os.makedirs(workdir, exist_ok=True)
+  with checkpointing.workdir_lock(workdir):
+    return _run_locked(trainer, schedule, workdir)
+
+
+def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
   writer = logging_utils.MetricWriter(os.path.join(workdir, "tensorboard"))
   ckpts = checkpointing.TrainCheckpoints(workdir)
   state = ckpts.restore_latest(trainer.abstract_state) or trainer.init_state()

@@ -8,9 +8,14 @@ process killed mid-save leaves no checkpoint that could be restored half-written
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import socket
+import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,6 +35,48 @@ def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False
                                          enable_async_checkpointing=jax.process_count() == 1,
                                          read_only=read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run holds the work directory."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive lock on ``workdir`` (``workdir/.lock``) for the body.
+
+  A second training run on the same directory would clean up the first one's in-progress saves;
+  it is refused instead, with a message naming the holder (host, pid, command). The lock is an
+  ``flock`` on an open file, so it is released by the kernel when the holder dies, however it
+  ends. Only process 0 of a multi-host run takes it: the run's other processes are its own.
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "an unknown process"
+      raise WorkdirLockedError(f"{workdir} is in use by another run ({holder}); wait for it to "
+                               "finish, stop it, or choose another --workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                        "command": " ".join(sys.argv), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # Called as `after_save_started(step, checkpoints)` once `TrainCheckpoints.save` has started the
