@@ -87,6 +87,23 @@ def test_kill_and_resume_is_exact(uninterrupted, tmp_path, kill_when):
   assert set(range(resumed_from + 1, 9)) <= set(_losses_by_step(resumed))
 
 
+def test_sigterm_saves_at_the_step_reached_and_resume_is_exact(uninterrupted, tmp_path):
+  """SIGTERM after step 5 (between the preemption saves of steps 4 and 6): the run saves step 5,
+  exits with 143 and a message, and the resumed run ends bit-identical to the uninterrupted one."""
+  workdir = tmp_path / "wd"
+  stopped = subprocess.run(_worker_cmd(tmp_path / "ignored.npz", workdir, 8, "--sigterm_at", "5"),
+                           env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-4000:]
+  assert "SIGTERM received: train stopped at step 5 and saved a checkpoint there" in stopped.stderr
+  assert _checkpoint_steps(workdir) == [5]
+  _run(_worker_cmd(tmp_path / "out.npz", workdir, 8), _env(1))
+  resumed = np.load(tmp_path / "out.npz")
+  _assert_same_params(resumed, uninterrupted)  # bit-identical
+  ref = _losses_by_step(uninterrupted)
+  for step, loss in _losses_by_step(resumed).items():
+    assert loss == ref[step], step
+
+
 def test_four_devices_match_one(uninterrupted, tmp_path):
   _run(_worker_cmd(tmp_path / "out.npz", tmp_path / "wd", 8), _env(4))
   four = np.load(tmp_path / "out.npz")

@@ -78,7 +78,13 @@ def _run(argv):
 
   distributed.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                            FLAGS.process_id)
-  MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  from score_sde.experiment import loop  # pylint: disable=import-outside-toplevel
+
+  try:
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except loop.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 def main(argv=None):

@@ -6,13 +6,17 @@ state, its step and its hooks (`Trainer`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator
+import signal
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from score_sde.experiment import distributed
 from score_sde.io import checkpointing, logging_utils
@@ -22,6 +26,47 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""
+
+
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint at the step it had reached."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum  # the shell's convention for a signalled process
+
+
+# Called as `after_step(step)` after each call of the compiled step; None in normal runs.
+# tests/helpers/train_worker.py sets it to signal a run at a known step.
+after_step: Optional[Callable[[int], None]] = None
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list]:
+  """Records SIGTERM / SIGINT in the yielded list instead of dying mid-step (main thread only;
+  elsewhere the list stays empty). The previous handlers are restored afterwards."""
+  received: list = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  signals = (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.getsignal(s) for s in signals}
+  for s in signals:
+    signal.signal(s, lambda signum, frame: received.append(signum))
+  try:
+    yield received
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def _agreed_stop(received: list) -> int:
+  """The signal to stop on, 0 for none; every process of a multi-host run gets the same answer
+  (one small all-gather per loop iteration), so all stop at the same step."""
+  local = received[0] if received else 0
+  if jax.process_count() == 1:
+    return local
+  return int(np.max(multihost_utils.process_allgather(np.int32(local))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +124,12 @@ def run(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
 
   Returns the final state and the last report of ``trainer.evaluate`` ({} if none ran).
   """
-  with checkpointing.workdir_lock(workdir):
-    return _run_locked(trainer, schedule, workdir)
+  with checkpointing.workdir_lock(workdir), _stop_requests() as received:
+    return _run_locked(trainer, schedule, workdir, received)
 
 
-def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
+def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str,
+                received: list) -> tuple[Any, dict]:
   writer = logging_utils.MetricWriter(os.path.join(workdir, "tensorboard"))
   ckpts = checkpointing.TrainCheckpoints(workdir)
   state = ckpts.restore_latest(trainer.abstract_state) or trainer.init_state()
@@ -94,7 +140,8 @@ def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any
   bar = logging_utils.ProgressBar(total=schedule.n_iters, initial=step, desc=trainer.name,
                                   examples_per_step=schedule.examples_per_step)
   try:
-    state, step, report = _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir)
+    state, step, report = _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir,
+                                 received)
   finally:
     bar.close()
     ckpts.wait_until_finished()
@@ -106,8 +153,12 @@ def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any
   return state, report
 
 
-def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir):
-  """The loop body of `run`: (state, step, last report) at schedule.n_iters."""
+def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, received):
+  """The loop body of `run`: (state, step, last report) at schedule.n_iters.
+
+  On SIGTERM / SIGINT (``received``) it saves a preemption checkpoint at the step boundary it has
+  reached, waits for the save and raises `Preempted`.
+  """
   last_saved = step or None
   report, step_fn = {}, None
   while step < schedule.n_iters:
@@ -135,4 +186,14 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir):
       last_saved = step
       if snapshot and trainer.after_snapshot:
         trainer.after_snapshot(step, state, writer)
+    if after_step is not None:
+      after_step(step)
+    signum = _agreed_stop(received)
+    if signum and not final:
+      if last_saved != step:
+        ckpts.save(step, state, snapshot=False)
+      ckpts.wait_until_finished()
+      raise Preempted(f"{signal.Signals(signum).name} received: {trainer.name} stopped at step "
+                      f"{step} and saved a checkpoint there in {workdir}; run the same command "
+                      "again to resume.", signum)
   return state, step, report

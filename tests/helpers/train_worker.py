@@ -2,20 +2,23 @@
 
   python -m tests.helpers.train_worker OUT_NPZ WORKDIR N_ITERS [--coordinator HOST:PORT
       --num_processes P --process_id I] [--kill_at STEP --kill_when saving|saved]
+      [--sigterm_at STEP]
 
 Writes the final parameters and the logged per-step losses to OUT_NPZ (from process 0).
 With --kill_at, the process SIGKILLs itself at the save of STEP: right after the writes started
-(`saving`) or once they are committed (`saved`), a preemption at a known point.
+(`saving`) or once they are committed (`saved`), a preemption at a known point. With --sigterm_at,
+it sends itself SIGTERM after STEP and exits with the code of `loop.Preempted` (143).
 """
 import argparse
 import logging
 import os
 import signal
+import sys
 
 import jax
 import numpy as np
 
-from score_sde.experiment import distributed, train
+from score_sde.experiment import distributed, loop, train
 from score_sde.io import checkpointing, logging_utils
 from tests.helpers.tiny_config import tiny_config
 
@@ -38,7 +41,10 @@ def main():
   parser.add_argument("--preemption_freq", type=int, default=2)
   parser.add_argument("--kill_at", type=int)
   parser.add_argument("--kill_when", choices=["saving", "saved"], default="saved")
+  parser.add_argument("--sigterm_at", type=int)
   args = parser.parse_args()
+  if args.sigterm_at is not None:
+    loop.after_step = lambda step: step == args.sigterm_at and os.kill(os.getpid(), signal.SIGTERM)
   if args.kill_at is not None:
     checkpointing.after_save_started = lambda step, ckpts: _kill_at(step, ckpts, args)
   logging.basicConfig(level=logging.WARNING)
@@ -46,7 +52,11 @@ def main():
   config = tiny_config()
   config.training.n_iters = args.n_iters
   config.training.snapshot_freq_for_preemption = args.preemption_freq
-  state = train.train(config, args.workdir)
+  try:
+    state = train.train(config, args.workdir)
+  except loop.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   params = jax.tree_util.tree_flatten_with_path(state.params)[0]
   # Parameters are replicated: every process holds a full copy.
   flat = {jax.tree_util.keystr(k): np.asarray(v.addressable_data(0)) for k, v in params}
