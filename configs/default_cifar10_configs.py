@@ -23,13 +23,45 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.n_jitted_steps = 5  # train steps per device call
   training.reduce_mean = False
   training.class_dropout = 0.1  # label dropout to the null class when model.num_classes > 0 (CFG)
-  # Objective (losses.OBJECTIVES: 'dsm', 'smld', 'ddpm', 'edm'); None: 'dsm' when continuous, else
+  # Objective (losses.OBJECTIVES: 'dsm', 'smld', 'ddpm', 'edm', 'flow_matching' and the consistency
+  # objectives below); None: 'dsm' when continuous, else
   # the SDE's discrete loss ('smld' for VE, 'ddpm' for VP), as the reference.
   training.loss = placeholder(str)
   # EDM loss and preconditioning (Karras et al. 2022): σ_data and ln σ ~ N(p_mean, p_std^2).
   training.sigma_data = 0.5
   training.p_mean = -1.2
   training.p_std = 1.2
+  # Flow matching (loss 'flow_matching'): t ~ 'uniform' on [eps, T], 'logit_normal' (logit_mean,
+  # logit_std; SD3: 0, 1) or 'max' (t = T: one-step distillation on reflow pairs). None: uniform.
+  training.time_sampling = placeholder(str)
+  training.logit_mean = placeholder(float)
+  training.logit_std = placeholder(float)
+  # A workdir whose newest EMA parameters start a fresh run (CD student = teacher, k-RF = (k-1)-RF).
+  training.init_from = placeholder(str)
+
+  # Consistency models (loss 'consistency_distillation' | 'consistency_training' |
+  # 'improved_consistency_training'; Song et al. 2023, Song & Dhariwal 2023). None keeps the
+  # objective's published default (docs/few_step.md); σ_data is training.sigma_data.
+  config.consistency = consistency = ml_collections.ConfigDict()
+  consistency.sigma_min = 0.002
+  consistency.sigma_max = 80.0
+  consistency.rho = 7.0
+  consistency.num_levels = placeholder(int)  # CD: N = 18
+  consistency.s0 = placeholder(int)  # CT 2, iCT 10: initial N
+  consistency.s1 = placeholder(int)  # CT 150, iCT 1280: final N
+  consistency.mu0 = placeholder(float)  # CT: 0.9, the target EMA at N = s0
+  consistency.p_mean = placeholder(float)  # iCT: -1.1, lognormal noise levels
+  consistency.p_std = placeholder(float)  # iCT: 2.0
+  consistency.metric = placeholder(str)  # CD / CT: 'l2' | 'pseudo_huber' (iCT: pseudo-Huber)
+  consistency.huber_c = placeholder(float)  # pseudo-Huber c; None: 0.00054 sqrt(d)
+  consistency.solver = placeholder(str)  # CD teacher step: 'heun' | 'euler'
+  consistency.target_decay = placeholder(float)  # CD: the target EMA μ (0.95)
+  consistency.teacher_config = placeholder(str)  # CD: the teacher's config file
+  consistency.teacher_workdir = placeholder(str)  # CD: the teacher's workdir (newest checkpoint)
+
+  # Reflow (--mode reflow_pairs): how many (noise, data) pairs to write.
+  config.reflow = reflow = ml_collections.ConfigDict()
+  reflow.num_pairs = 50000
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
@@ -39,10 +71,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # Options of the other samplers (config.sampling.method in score_sde.samplers.SAMPLERS; README
   # table). None keeps the sampler's own default; eps None is the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
   sampling.eps = placeholder(float)
-  sampling.num_steps = placeholder(int)  # ddim 50, dpm_solver 20, edm 18
+  sampling.num_steps = placeholder(int)  # ddim 50, dpm_solver 20, edm 18, flow 8, consistency 1
   sampling.rtol = placeholder(float)  # ode 1e-5, adaptive_sde 1e-2
   sampling.atol = placeholder(float)  # ode 1e-5, adaptive_sde 0.0078
-  sampling.solver = placeholder(str)  # ode: tsit5 | dopri5 | dopri8 | bosh3 | heun
+  sampling.solver = placeholder(str)  # ode: tsit5 | dopri5 | dopri8 | bosh3 | heun; flow: euler | heun
   sampling.step_lr = placeholder(float)  # ald (required there)
   sampling.eta = placeholder(float)  # ddim: 0 deterministic, 1 DDPM-like
   sampling.order = placeholder(int)  # dpm_solver: 1, 2 or 3
@@ -60,6 +92,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.exponent = placeholder(float)
   sampling.h_init = placeholder(float)
   sampling.max_attempts = placeholder(int)
+  sampling.sigmas = placeholder(tuple)  # consistency: the σ of each step, descending
+  sampling.sigma_min = placeholder(float)  # consistency (None: config.consistency's)
+  sampling.sigma_max = placeholder(float)
   # Class-conditional sampling (docs/controllable.md): 'none', 'cfg' (classifier-free guidance of a
   # model with num_classes > 0) or 'classifier' (a noise-conditional classifier trained with
   # --mode train_classifier). class_label -1 cycles through all classes.

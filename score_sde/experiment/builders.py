@@ -8,6 +8,7 @@ with an error naming the field and the valid choices.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import os
 from typing import Any, Callable, Iterable
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterable
 import jax
 
 from score_sde import models
-from score_sde.diffusion import losses, parametrization
+from score_sde.diffusion import consistency, losses, parametrization
 from score_sde.diffusion import sde as sde_lib
 from score_sde.experiment import classifier_training, distributed, optim, training
 from score_sde.experiment.experiment import (ClassifierOptions, DataOptions, EvalOptions,
@@ -42,6 +43,8 @@ def get_sde(config) -> sde_lib.SDE:
   m = config.model
   if name == "vesde":
     return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+  if name == "rectified_flow":
+    return sde_lib.RectifiedFlow(N=m.num_scales)
   return sde_lib.SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
 
 
@@ -57,6 +60,10 @@ def num_classes(config) -> int:
   return config.model.get("num_classes", 0)
 
 
+# Objectives whose network sees c_noise = ln(σ)/4 (EDM and consistency preconditioning).
+SIGMA_LABEL_OBJECTIVES = ("edm", *consistency.OBJECTIVES)
+
+
 def objective(config) -> str:
   """``config.training.loss`` (a key of ``losses.OBJECTIVES``); unset, the reference's rule:
   'dsm' for continuous training, else the SDE's discrete loss ('smld' for VE, 'ddpm' for VP)."""
@@ -64,33 +71,88 @@ def objective(config) -> str:
   if name is None:
     return losses.default_objective(get_sde(config), config.training.continuous)
   check_choice(name, losses.OBJECTIVES, "config.training.loss")
-  if name == "edm":
+  if name in SIGMA_LABEL_OBJECTIVES:
     m = config.model
     if m.get("embedding_type") == "fourier" or m.get("scale_by_sigma"):
-      raise ValueError("config.training.loss='edm' feeds the network c_noise = ln(σ)/4, which can be "
-                       "negative: use config.model.embedding_type='positional' and "
+      raise ValueError(f"config.training.loss={name!r} feeds the network c_noise = ln(σ)/4, which "
+                       "can be negative: use config.model.embedding_type='positional' and "
                        "config.model.scale_by_sigma=False (e.g. configs/digits/edm.py).")
   return name
 
 
+def objective_options(config, name: str) -> dict:
+  """The options of objective ``name``'s builder (its keyword-only parameters beyond the common
+  ones) that the config sets: a field of config.consistency for a consistency objective (and
+  ``total_steps`` = training.n_iters), else of config.training (e.g. sigma_data). None keeps the
+  builder's default; the CD teacher is built by `get_teacher`."""
+  builder = losses.OBJECTIVES[name]
+  sections = ([config.consistency] if name in consistency.OBJECTIVES else []) + [config.training]
+  common = {"train", "reduce_mean", "num_classes", "class_dropout", "teacher"}
+  options = {}
+  for field, parameter in inspect.signature(builder).parameters.items():
+    if parameter.kind != parameter.KEYWORD_ONLY or field in common:
+      continue
+    section = next((sec for sec in sections if field in sec), config.training)
+    value = config.training.n_iters if field == "total_steps" else section.get(field)
+    if value is not None:
+      options[field] = value
+  return options
+
+
+def load_config_file(path: str, field: str):
+  """``get_config()`` of the config file at ``path`` (relative to the working directory)."""
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(f"{field}={path!r} is not a config file; name one such as "
+                            "configs/digits/ddpmpp_vp_small.py (relative to the repository root).")
+  spec = importlib.util.spec_from_file_location("score_sde_teacher_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_teacher(config):
+  """(teacher model, teacher SDE) of consistency distillation: the newest EMA parameters in
+  config.consistency.teacher_workdir of the run configured by config.consistency.teacher_config,
+  as its sampler-ready model (a score function or Denoiser, unconditional)."""
+  from score_sde.experiment import restore  # restore builds on this module's Experiment
+
+  c = config.consistency
+  if not c.get("teacher_workdir"):
+    raise ValueError("config.training.loss='consistency_distillation' needs a trained teacher: set "
+                     "config.consistency.teacher_workdir (and teacher_config, its config file).")
+  teacher = build_experiment(load_config_file(c.get("teacher_config"),
+                                              "config.consistency.teacher_config"))
+  _, params = restore.latest_params(teacher, c.teacher_workdir)
+  return teacher.unconditional_model(params), teacher.sde
+
+
 def get_loss_fn(config, sde, model_fn, *, train: bool):
-  """The training loss of ``objective(config)``; class-conditional (with
-  ``training.class_dropout``) if ``num_classes`` > 0."""
-  t = config.training
-  return losses.get_loss_fn(objective(config), sde, model_fn, train=train,
-                            reduce_mean=t.reduce_mean, continuous=t.continuous,
-                            likelihood_weighting=t.likelihood_weighting,
-                            num_classes=num_classes(config),
-                            class_dropout=t.get("class_dropout", 0.0),
-                            sigma_data=t.sigma_data, p_mean=t.p_mean, p_std=t.p_std)
+  """The training loss of ``objective(config)``, with `objective_options`; class-conditional (with
+  ``training.class_dropout``) if ``num_classes`` > 0. The CD teacher is loaded when the loss is
+  first traced, so building an experiment to sample or evaluate never needs it."""
+  t, name = config.training, objective(config)
+  build = functools.partial(
+      losses.get_loss_fn, name, train=train, reduce_mean=t.reduce_mean, continuous=t.continuous,
+      likelihood_weighting=t.likelihood_weighting, num_classes=num_classes(config),
+      class_dropout=t.get("class_dropout", 0.0), **objective_options(config, name))
+  if name != "consistency_distillation":
+    return build(sde, model_fn)
+
+  @functools.cache
+  def distillation_loss():
+    teacher, teacher_sde = get_teacher(config)
+    return build(teacher_sde, model_fn, teacher=teacher)
+
+  return lambda *args, **kwargs: distillation_loss()(*args, **kwargs)
 
 
 def get_network_model(config, sde) -> Callable:
   """``(model_fn, params, class_labels=None) -> model``: the network as the samplers take it, a
-  score function or (for the EDM objective) a ``Denoiser``."""
+  score function, a velocity turned into a score, or (EDM, consistency) a ``Denoiser``."""
   return functools.partial(parametrization.sampling_model, objective(config), sde,
                            continuous=config.training.continuous,
-                           sigma_data=config.training.sigma_data)
+                           sigma_data=config.training.sigma_data,
+                           sigma_min=config.consistency.sigma_min)
 
 
 # --- score networks ------------------------------------------------------------------------------
@@ -254,14 +316,19 @@ OPTION_FIELDS = {"denoise": "noise_removal"}
 def sampler_options(config, sample_fn: Callable) -> dict:
   """The keyword-only options of ``sample_fn`` that config.sampling sets: the field of the same name
   (or OPTION_FIELDS), unless it is None, which keeps the sampler's default (``eps`` None: the SDE's
-  ``default_eps``). A required option the config leaves unset is an error naming its field."""
+  ``default_eps``); the consistency sampler of a consistency model defaults to the σ range of
+  config.consistency. A required option the config leaves unset is an error naming its field."""
   s = config.sampling
+  trained_range = (objective(config) in consistency.OBJECTIVES
+                   and sample_fn is SAMPLERS.get("consistency"))
   options = {}
   for name, parameter in inspect.signature(sample_fn).parameters.items():
     if parameter.kind != parameter.KEYWORD_ONLY:
       continue
     field = OPTION_FIELDS.get(name, name)
     value = s.get(field)
+    if value is None and trained_range and name in ("sigma_min", "sigma_max"):
+      value = config.consistency.get(name)  # the noise levels the consistency model was trained on
     if value is not None:
       options[name] = value
     elif parameter.default is parameter.empty:
@@ -349,7 +416,8 @@ def get_train_options(config) -> TrainOptions:
       log_freq=t.log_freq, eval_freq=t.eval_freq, snapshot_freq=t.snapshot_freq,
       snapshot_freq_for_preemption=t.snapshot_freq_for_preemption,
       snapshot_sampling=t.snapshot_sampling, snapshot_num_samples=t.get("snapshot_num_samples", 64),
-      ema_rate=config.model.ema_rate, ema_warmup=config.model.ema_warmup, lr=o.lr, warmup=o.warmup)
+      ema_rate=config.model.ema_rate, ema_warmup=config.model.ema_warmup, lr=o.lr, warmup=o.warmup,
+      init_from=t.get("init_from"))
 
 
 def get_classifier_options(config) -> ClassifierOptions | None:
@@ -399,8 +467,9 @@ def get_state_init(config, module=None, optimizer=None) -> Callable[[], training
   optimizer = get_optimizer(config) if optimizer is None else optimizer
   d = config.data
   shape = (1, d.image_size, d.image_size, d.num_channels)
+  with_target = objective(config) in consistency.OBJECTIVES
   init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
-                                                       num_classes(config)),
+                                                       num_classes(config), with_target),
                  out_shardings=distributed.replicated(distributed.data_mesh()))
   return functools.partial(init, root_keys(config)[1])
 
@@ -412,6 +481,10 @@ def check_config(config) -> None:
     value = config[section][name]
     if value < 1:
       raise ValueError(f"config.{field}={value} must be a positive number of images.")
+  if objective(config) in consistency.OBJECTIVES and config.eval.enable_bpd:
+    raise ValueError(f"config.training.loss={objective(config)!r} trains a consistency function, "
+                     "which defines no probability-flow ODE and hence no likelihood: set "
+                     "config.eval.enable_bpd=False.")
   m = config.model
   if m.name in ("ncsnpp", "ddpm"):
     reached = [config.data.image_size // 2**i for i in range(len(m.ch_mult))]

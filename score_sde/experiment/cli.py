@@ -37,6 +37,7 @@ MODES = {
     "inpaint": _mode("controllable_io", "inpaint", "input", "mask"),
     "colorize": _mode("controllable_io", "colorize", "input"),
     "train_classifier": _mode("train", "train_classifier"),
+    "reflow_pairs": _mode("reflow", "reflow_pairs"),
 }
 NEEDS_INPUT = ("inpaint", "colorize")
 
@@ -51,7 +52,9 @@ flags.DEFINE_enum("mode", "train", list(MODES),
                   "fid_stats: Inception reference statistics of the config's dataset; inpaint: fill "
                   "the --mask region of the images under --input; colorize: colour the gray "
                   "versions of the images under --input; train_classifier: the noise-conditional "
-                  "classifier of classifier guidance (config.classifier), into workdir/classifier.")
+                  "classifier of classifier guidance (config.classifier), into workdir/classifier; "
+                  "reflow_pairs: (noise, data) couplings of the newest checkpoint's probability-flow "
+                  "ODE, into workdir/reflow_pairs, to train a rectified flow on (config.reflow).")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "

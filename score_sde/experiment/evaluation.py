@@ -31,7 +31,8 @@ def mean_test_loss(exp: Experiment, params, key) -> float:
   with exp.dataset(split="test", batch_size=exp.eval.batch_size, num_epochs=1, evaluation=True,
                    drop_remainder=False) as it:
     for i, batch in enumerate(it):
-      model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"]))
+      model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"],
+                                                                batch.get("noise")))
       losses = np.asarray(eval_step(params, model_batch, jax.random.fold_in(key, i)))
       total += float(losses[batch["mask"]].sum())
       count += int(batch["mask"].sum())

@@ -41,6 +41,7 @@ class TrainOptions:
   ema_warmup: bool
   lr: float
   warmup: int
+  init_from: str | None = None  # a workdir whose newest EMA parameters start a fresh run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +146,13 @@ class Experiment:
     return distributed.global_array(local, distributed.batch_sharding(self.mesh, batch_axis),
                                     batch_axis)
 
-  def model_batch(self, images: np.ndarray, labels: np.ndarray) -> dict:
-    """The loss input: scaled 'image' and, for a class-conditional model, checked 'label'."""
+  def model_batch(self, images: np.ndarray, labels: np.ndarray,
+                  noise: np.ndarray | None = None) -> dict:
+    """The loss input: scaled 'image', for a class-conditional model checked 'label', and the
+    'noise' of (noise, data) couplings when the data has it (a pairs dataset)."""
     batch = {"image": self.scaler(images)}
+    if noise is not None:
+      batch["noise"] = noise
     if self.num_classes:
       batch["label"] = check_class_labels(labels, self.num_classes, "config.model.num_classes",
                                           self.data.dataset)

@@ -52,10 +52,12 @@ def sampling_spec(exp: Experiment) -> dict:
   return {**exp.sampler_spec, "batch_size": exp.eval.batch_size}
 
 
-def claim_shard_dir(out_dir: str, spec: dict) -> None:
-  """Records ``spec`` in ``out_dir/sampling.json``, or checks that the shards there match it."""
+def claim_shard_dir(out_dir: str, spec: dict, prefixes: tuple[str, ...] = ("samples_",),
+                    spec_name: str = "sampling.json") -> None:
+  """Records ``spec`` in ``out_dir/<spec_name>``, or checks that the shards there (files starting
+  with one of ``prefixes``) match it."""
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "sampling.json")
+  path = os.path.join(out_dir, spec_name)
   if os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
@@ -64,9 +66,9 @@ def claim_shard_dir(out_dir: str, spec: dict) -> None:
       raise ValueError(f"{out_dir} holds samples made with other settings ({', '.join(changed)}: "
                        f"{ {k: stored.get(k) for k in changed} }); move it away, or choose another "
                        "output folder (e.g. --eval_folder), to sample with the new settings.")
-  elif any(f.startswith("samples_") for f in os.listdir(out_dir)):
-    raise ValueError(f"{out_dir} holds sample shards of unknown settings (no sampling.json); move "
-                     "them away to sample again.")
+  elif any(f.startswith(prefixes) for f in os.listdir(out_dir)):
+    raise ValueError(f"{out_dir} holds shards of unknown settings (no {spec_name}); move them away "
+                     "to write them again.")
   else:
     atomic_json(path, spec)
 

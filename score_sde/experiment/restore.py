@@ -5,7 +5,7 @@ import os
 
 import jax
 
-from score_sde.experiment import classifier_training
+from score_sde.experiment import classifier_training, training
 from score_sde.experiment.experiment import Experiment
 from score_sde.io import checkpointing
 
@@ -19,6 +19,26 @@ def latest_params(exp: Experiment, workdir: str):
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints or {workdir}/checkpoints-meta; "
                             "train first (--mode train) or point --workdir at a training run.")
   return int(state.step), state.ema_params
+
+
+def warm_start_params(exp: Experiment, workdir: str):
+  """The newest EMA parameters of another run in ``workdir`` (a plain score-model `TrainState` of
+  this config's network and optimiser), to start a fresh run from: config.training.init_from."""
+  shapes = jax.eval_shape(exp.init_state)
+  source = training.TrainState(step=shapes.step, params=shapes.params,
+                               ema_params=shapes.ema_params, opt_state=shapes.opt_state)
+  ckpts = checkpointing.TrainCheckpoints(workdir, read_only=True)
+  try:
+    state = ckpts.restore_latest(checkpointing.abstract_like(source))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"config.training.init_from={workdir!r}: its checkpoint does not match this "
+                     f"config's network and optimiser ({type(e).__name__}: {str(e)[:200]}).") from e
+  finally:
+    ckpts.close()
+  if state is None:
+    raise FileNotFoundError(f"config.training.init_from={workdir!r} holds no checkpoint; train that "
+                            "run first or unset the field.")
+  return state.ema_params
 
 
 def abstract_classifier_state(exp: Experiment):

@@ -13,7 +13,7 @@ import numpy as np
 from score_sde.experiment import builders, classifier_training, distributed, loop, optim, training
 from score_sde.experiment.experiment import Experiment, check_class_labels
 from score_sde.experiment.outputs import atomic_json, write_sample_grid
-from score_sde.experiment.restore import abstract_classifier_state
+from score_sde.experiment.restore import abstract_classifier_state, warm_start_params
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,22 @@ def _score_schedule(exp: Experiment) -> loop.Schedule:
                        preemption_freq=o.snapshot_freq_for_preemption)
 
 
+def _initial_state(exp: Experiment) -> training.TrainState:
+  """A fresh train state; with training.init_from, its parameters, evaluation EMA and (for a
+  consistency objective) target network all start at that run's EMA parameters (the student of
+  consistency distillation starts as its teacher; k-rectified flow as the (k-1)-th flow)."""
+  state = exp.init_state()
+  if not exp.training.init_from:
+    return state
+  params = warm_start_params(exp, exp.training.init_from)
+  log.info("Starting from the EMA parameters of %s", exp.training.init_from)
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  fields = {"params": copy(), "ema_params": copy()}
+  if isinstance(state, training.ConsistencyTrainState):
+    fields["target_params"] = copy()
+  return state.replace(**fields)
+
+
 def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
   opts = exp.training
   k = opts.n_jitted_steps
@@ -55,20 +71,25 @@ def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
 
   def next_args(it):
     batches = [next(it) for _ in range(k)]  # stacked: images [k, B_local, H, W, C], labels [k, B_local]
+    noise = np.stack([b["noise"] for b in batches]) if "noise" in batches[0] else None
     stacked = exp.model_batch(np.stack([b["image"] for b in batches]),
-                              np.stack([b["label"] for b in batches]))
+                              np.stack([b["label"] for b in batches]), noise)
     return jax.tree.map(lambda a: exp.to_global(a, batch_axis=1), stacked), exp.train_key
 
   def log_scalars(step_reached, metrics):
     loss = float(np.asarray(metrics["loss"])[-1])
     grad_norm = float(np.asarray(metrics["grad_norm"])[-1])
     log.info("step %d: loss %.5f, grad norm %.3f", step_reached, loss, grad_norm)
-    return {"training_loss": loss, "grad_norm": grad_norm,
-            "learning_rate": float(schedule(step_reached - 1))}
+    scalars = {"training_loss": loss, "grad_norm": grad_norm,
+               "learning_rate": float(schedule(step_reached - 1))}
+    if "num_levels" in metrics:  # the consistency discretisation N(k)
+      scalars["num_levels"] = float(np.asarray(metrics["num_levels"])[-1])
+    return scalars
 
   def evaluate(step_reached, state):
     batch = next(eval_iter)
-    model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"]))
+    model_batch = jax.tree.map(jnp.asarray, exp.model_batch(batch["image"], batch["label"],
+                                                            batch.get("noise")))
     losses = eval_step(state.ema_params, model_batch, jax.random.fold_in(exp.eval_key, step_reached))
     return {"eval_loss": float(jnp.mean(losses))}
 
@@ -79,7 +100,8 @@ def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
       write_sample_grid(exp.inverse_scaler(samples), step_reached, workdir, writer)
 
   return loop.Trainer(
-      name="train", init_state=exp.init_state, abstract_state=exp.abstract_state(), step=step,
+      name="train", init_state=functools.partial(_initial_state, exp),
+      abstract_state=exp.abstract_state(), step=step,
       open_data=lambda start: exp.dataset(split="train", batch_size=opts.batch_size,
                                           shuffle_seed=exp.seed, start_step=start),
       next_args=next_args, log_scalars=log_scalars, evaluate=evaluate,

@@ -32,6 +32,16 @@ class TrainState:
   opt_state: optax.OptState
 
 
+@struct.dataclass
+class ConsistencyTrainState(TrainState):
+  """The train state of a consistency objective (``diffusion/consistency.py``): also the target
+  network θ⁻ of the consistency loss, an EMA of the student at the rate μ(k) the loss reports as
+  ``aux['target_decay']`` (Song et al. 2023, Algorithms 2-3), kept apart from ``ema_params``, the
+  evaluation EMA at ``config.model.ema_rate``."""
+
+  target_params: Params
+
+
 def linen_model_fn(module: nn.Module) -> Callable:
   """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
@@ -57,19 +67,28 @@ def null_class_model_fn(model_fn: Callable, num_classes: int) -> Callable:
 
 
 def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.GradientTransformation,
-                     input_shape: tuple[int, ...], num_classes: int = 0) -> TrainState:
+                     input_shape: tuple[int, ...], num_classes: int = 0,
+                     with_target: bool = False) -> TrainState:
   """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C].
 
   ``num_classes`` > 0: the module is class-conditional and is initialised with null-class labels.
+  ``with_target``: a `ConsistencyTrainState` whose target network starts at the parameters.
   """
   x = jnp.zeros(input_shape, jnp.float32)
   labels = jnp.zeros(input_shape[:1], jnp.int32)
   class_kw = {"class_labels": jnp.full(input_shape[:1], num_classes, jnp.int32)} if num_classes else {}
   params = module.init({"params": key, "dropout": key}, x, labels, train=False,
                        **class_kw)["params"]
-  ema_params = jax.tree.map(jnp.copy, params)  # separate buffers: the state is donated
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
-                    opt_state=optimizer.init(params))
+  fields = dict(step=jnp.zeros((), jnp.int32), params=params,
+                ema_params=jax.tree.map(jnp.copy, params),  # separate buffers: the state is donated
+                opt_state=optimizer.init(params))
+  if with_target:
+    return ConsistencyTrainState(**fields, target_params=jax.tree.map(jnp.copy, params))
+  return TrainState(**fields)
+
+
+def _ema(average, params, decay):
+  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), average, params)
 
 
 def ema_decay(step: jax.Array, ema_rate: float, warmup: bool) -> jax.Array:
@@ -90,23 +109,33 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     ema_rate: float, ema_warmup: bool = True) -> Callable:
   """Returns ``train_step(state, batches, train_key) -> (state, metrics [K])``.
 
-  The EMA decays at ``ema_decay(step, ema_rate, ema_warmup)``.
+  The EMA decays at ``ema_decay(step, ema_rate, ema_warmup)``. A `ConsistencyTrainState` also
+  passes ``target_params`` and ``step`` to the loss and moves its target network at the loss's
+  ``aux['target_decay']``; the metrics then hold the loss's 'num_levels' too.
 
-  ``batches``: {'image': [K, B, H, W, C]} plus 'label' int [K, B] for a class-conditional loss.
+  ``batches``: {'image': [K, B, H, W, C]} plus 'label' int [K, B] for a class-conditional loss and
+  'noise' [K, B, H, W, C] for a loss on (noise, data) couplings (reflow).
   """
 
   def one_step(state: TrainState, batch, train_key):
     key = jax.random.fold_in(train_key, state.step)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, key, batch["image"], batch.get("label"))
+    consistency = isinstance(state, ConsistencyTrainState)
+    extra = {"noise": batch["noise"]} if "noise" in batch else {}
+    if consistency:
+      extra.update(target_params=state.target_params, step=state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, key, batch["image"], batch.get("label"), **extra)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(state.step, ema_rate, ema_warmup)
-    ema_params = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
-                              state.ema_params, params)
-    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
-                           opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    fields = dict(step=state.step + 1, params=params, opt_state=opt_state,
+                  ema_params=_ema(state.ema_params, params,
+                                  ema_decay(state.step, ema_rate, ema_warmup)))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if consistency:
+      target = _ema(state.target_params, params, aux["target_decay"])
+      metrics["num_levels"] = aux["num_levels"]
+      return ConsistencyTrainState(**fields, target_params=target), metrics
+    return TrainState(**fields), metrics
 
   def train_step(state: TrainState, batches, train_key):
     # A Python loop, unrolled at trace time, rather than lax.scan: XLA:CPU runs the backward
@@ -123,10 +152,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 def make_eval_step(loss_fn: LossFn) -> Callable:
   """Returns ``eval_step(params, batch, key) -> per-sample losses [B]``.
 
-  ``batch``: {'image': [B, H, W, C]} plus 'label' int [B] for a class-conditional loss.
+  ``batch``: {'image': [B, H, W, C]} plus 'label' int [B] for a class-conditional loss and 'noise'
+  for couplings. A consistency loss is evaluated against its own stop-gradient parameters.
   """
 
   def eval_step(params, batch, key):
-    return loss_fn(params, key, batch["image"], batch.get("label"))[1]["losses"]
+    extra = {"noise": batch["noise"]} if "noise" in batch else {}
+    return loss_fn(params, key, batch["image"], batch.get("label"), **extra)[1]["losses"]
 
   return eval_step

@@ -12,6 +12,8 @@ Sources (`DataSpec.dataset`, case-insensitive):
   folder                       PNG/JPEG files found recursively under `DataSpec.path`.
   digits                       scikit-learn's 1797 handwritten 8x8 digits; ships with
                                scikit-learn, so it works offline with no download.
+  pairs                        (noise, data) couplings under `DataSpec.path`, written by
+                               `--mode reflow_pairs` (`write_pairs`): batches also hold 'noise'.
 
 Ordering. Examples form one global stream: epoch e is a permutation of the split drawn from
 (seed, e), epochs are concatenated, and global batch s is stream positions [s B, (s + 1) B).
@@ -32,7 +34,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-LoadFn = Callable[[int], tuple[np.ndarray, int]]  # index -> (image [H, W, C] float32 in [0, 1], label)
+# index -> (image [H, W, C] float32 in [0, 1], label), or (image, label, noise [H, W, C]) for pairs
+LoadFn = Callable[[int], tuple]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NO_LABEL = -1  # label of examples from sources without labels
@@ -46,7 +49,8 @@ _TFDS_DATASETS = {
     "LSUN": ("lsun/{category}", "train", "validation"),
     "TFDS": ("{tfds_name}", "train", "test"),
 }
-DATASETS = (*_TFDS_DATASETS, "digits", "folder")
+DATASETS = (*_TFDS_DATASETS, "digits", "folder", "pairs")
+PAIRS_GLOB = ("noise_", "data_")  # file-name prefixes of the shards of a pairs folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +163,51 @@ def array_source(images: np.ndarray, labels: np.ndarray | None = None) -> tuple[
     return images[index].astype(np.float32) / 255.0, label
 
   return len(images), load
+
+
+def write_pairs(path: str, index: int, noise: np.ndarray, data: np.ndarray) -> None:
+  """Writes shard ``index`` of a pairs folder: noise [n, H, W, C] (the ODE's start) and data
+  [n, H, W, C] in [0, 1] (its end), each as .npy written to a temporary name, then renamed."""
+  if noise.shape != data.shape:
+    raise ValueError(f"noise {noise.shape} and data {data.shape} of a pair shard must match.")
+  os.makedirs(path, exist_ok=True)
+  for prefix, array in zip(PAIRS_GLOB, (noise, data)):
+    final = os.path.join(path, f"{prefix}{index:05d}.npy")
+    with open(final + ".tmp", "wb") as f:
+      np.save(f, np.asarray(array, np.float32))
+    os.replace(final + ".tmp", final)
+
+
+def pair_shards(path: str) -> list[int]:
+  """Indices of the complete shards (noise and data both written) of a pairs folder."""
+  if not os.path.isdir(path):
+    return []
+  names = set(os.listdir(path))
+  return sorted(int(n[len("noise_"):-len(".npy")]) for n in names
+                if n.startswith("noise_") and n.endswith(".npy")
+                and n.replace("noise_", "data_") in names)
+
+
+def pairs_source(path: str, image_size: int, num_channels: int) -> tuple[int, LoadFn]:
+  """A source over the (noise, data) couplings of ``write_pairs`` shards, memory-mapped."""
+  shards = pair_shards(path)
+  if not shards:
+    raise FileNotFoundError(f"No (noise, data) pairs in {path}: write them with --mode reflow_pairs "
+                            "(configs/digits/reflow.py names the folder in config.data.path).")
+  noise = [np.load(os.path.join(path, f"noise_{i:05d}.npy"), mmap_mode="r") for i in shards]
+  data = [np.load(os.path.join(path, f"data_{i:05d}.npy"), mmap_mode="r") for i in shards]
+  expected = (image_size, image_size, num_channels)
+  if noise[0].shape[1:] != expected:
+    raise ValueError(f"The pairs in {path} are {noise[0].shape[1:]}, but the config asks for "
+                     f"{expected} (config.data.image_size, num_channels).")
+  starts = np.cumsum([0] + [len(n) for n in noise])
+
+  def load(index: int) -> tuple:
+    shard = int(np.searchsorted(starts, index, side="right")) - 1
+    row = index - starts[shard]
+    return np.array(data[shard][row]), NO_LABEL, np.array(noise[shard][row])
+
+  return int(starts[-1]), load
 
 
 def list_image_files(path: str) -> list[str]:
@@ -338,11 +387,14 @@ class BatchIterator:
       self.close()
       raise
     self.step += 1
-    return {
-        "image": np.stack([image for image, _ in examples]),  # [B_local, H, W, C]
-        "label": np.asarray([label for _, label in examples], dtype=np.int32),  # [B_local]
+    batch = {
+        "image": np.stack([example[0] for example in examples]),  # [B_local, H, W, C]
+        "label": np.asarray([example[1] for example in examples], dtype=np.int32),  # [B_local]
         "mask": mask,  # [B_local]
     }
+    if len(examples[0]) == 3:  # a pairs source: the noise each image is coupled with
+      batch["noise"] = np.stack([example[2] for example in examples])
+    return batch
 
   def _submit(self, step: int):
     positions = batch_positions(step, self.global_batch_size, *self._process)
@@ -356,9 +408,9 @@ class BatchIterator:
                for i, p in zip(indices, positions)]
     return futures, mask
 
-  def _example(self, index: int, position: int) -> tuple[np.ndarray, int]:
-    image, label = self._load(index)
-    return self._augmentation(image, position).astype(np.float32, copy=False), label
+  def _example(self, index: int, position: int) -> tuple:
+    image, *rest = self._load(index)
+    return (self._augmentation(image, position).astype(np.float32, copy=False), *rest)
 
   def close(self) -> None:
     """Stops the decoding threads; pending prefetched batches are dropped."""
@@ -406,7 +458,8 @@ def check_data_spec(spec: DataSpec, prefix: str = "") -> DataSpec:
     raise ValueError(f"{prefix}num_channels must be 1 or 3, got {num_channels}.")
   if dataset == "digits" and num_channels != 1:
     raise ValueError(f"The digits are grey: set {prefix}num_channels=1.")
-  examples = {"folder": ("path", "<image folder>"), "LSUN": ("category", "'church_outdoor'"),
+  examples = {"folder": ("path", "<image folder>"), "pairs": ("path", "<workdir>/reflow_pairs"),
+              "LSUN": ("category", "'church_outdoor'"),
               "TFDS": ("tfds_name", "'mnist'")}
   if dataset in examples:
     field, example = examples[dataset]
@@ -426,6 +479,8 @@ def get_source(spec: DataSpec, split: str) -> tuple[int, LoadFn]:
   if spec.dataset == "folder":
     # A folder has a single split, used for both training and evaluation as in the reference.
     return folder_source(spec.path, spec.image_size, spec.num_channels)
+  if spec.dataset == "pairs":  # one split, like a folder
+    return pairs_source(spec.path, spec.image_size, spec.num_channels)
   name, train_split, test_split = _TFDS_DATASETS[spec.dataset]
   name = name.format(category=spec.category, tfds_name=spec.tfds_name)
   return tfds_source(name, train_split if split == "train" else test_split, spec.data_dir,
@@ -471,6 +526,11 @@ def get_dataset(spec: DataSpec, *, batch_size: int, split: str = "train",
     raise ValueError(f"shuffle_seed ({shuffle_seed}) and start_step ({start_step}) must be >= 0.")
   if num_epochs is not None:
     _check_positive_int(num_epochs, "num_epochs")
+  flips = bool(random_flip) and not evaluation
+  if check_data_spec(spec).dataset == "pairs" and (flips or uniform_dequantization):
+    raise ValueError("A flip or dequantization noise would break the (noise, data) couplings of a "
+                     "pairs dataset: set config.data.random_flip=False and "
+                     "config.data.uniform_dequantization=False.")
   num_examples, load = get_source(spec, split)
   if num_epochs is not None and drop_remainder and num_epochs * num_examples < batch_size:
     raise ValueError(f"{num_epochs} epoch(s) of the {num_examples} examples of split {split!r} "
