@@ -39,7 +39,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # Options of the other samplers (config.sampling.method in score_sde.samplers.SAMPLERS; README
   # table). None keeps the sampler's own default; eps None is the SDE's (1e-5 VE, 1e-3 VP/sub-VP).
   sampling.eps = placeholder(float)
-  sampling.num_steps = placeholder(int)  # ddim 50, dpm_solver 20, edm 18
+  sampling.num_steps = placeholder(int)  # ddim 50, dpm_solver 20, edm 18, consistency 1
   sampling.rtol = placeholder(float)  # ode 1e-5, adaptive_sde 1e-2
   sampling.atol = placeholder(float)  # ode 1e-5, adaptive_sde 0.0078
   sampling.solver = placeholder(str)  # ode: tsit5 | dopri5 | dopri8 | bosh3 | heun
@@ -60,6 +60,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.exponent = placeholder(float)
   sampling.h_init = placeholder(float)
   sampling.max_attempts = placeholder(int)
+  sampling.sigmas = placeholder(tuple)  # consistency: descending levels, e.g. (80.0, 0.821)
+  sampling.sigma_min = placeholder(float)  # consistency: 0.002
+  sampling.sigma_max = placeholder(float)  # consistency: None is σ(T)
   # Class-conditional sampling (docs/controllable.md): 'none', 'cfg' (classifier-free guidance of a
   # model with num_classes > 0) or 'classifier' (a noise-conditional classifier trained with
   # --mode train_classifier). class_label -1 cycles through all classes.
