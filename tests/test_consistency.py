@@ -379,3 +379,79 @@ def test_sampler_defaults_and_errors(x64):
     sample_consistency(key, model, SDE, (3, 2), num_steps=0)
   with pytest.raises(ValueError, match="1-D"):
     sample_consistency(key, model, SDE, (3, 2), sigmas=[[80.0]])
+
+
+# --- distillation of a Gaussian mixture -------------------------------------------------------
+
+def _sliced_w1(a, b, key, num_directions=128):
+  """Sliced Wasserstein-1 between equal-size 2-D samples: W1 of sorted 1-D projections, averaged."""
+  d = jax.random.normal(key, (num_directions, 2))
+  d = d / jnp.linalg.norm(d, axis=1, keepdims=True)
+  return float(jnp.mean(jnp.abs(jnp.sort(a @ d.T, 0) - jnp.sort(b @ d.T, 0))))
+
+
+@pytest.mark.slow
+def test_distilled_mixture_samples_in_one_and_two_steps():
+  """CD (Heun, N = 18, target EMA μ = 0.95) from the exact score of a 4-mode ring (radius 2, mode std
+  0.25) on σ in [0.002, 10]: a 3 x 64 MLP, 2000 Adam steps of 256 (about 20 s on 2 cores, float32).
+  The score teacher goes through ``as_denoiser``: the VESDE maps σ to t.
+
+  Sliced W1 over 20000 samples against fresh mixture samples: the true-vs-true baseline is 0.014;
+  the target network reaches ~0.04 in one step and ~0.035 in two (three training seeds: ratios to
+  the baseline 2.9 / 2.6, 2.6 / 2.1, 2.8 / 2.7), i.e. 2% of the ring's radius. The bound 3 x baseline
+  + 0.02 (0.02 = 8% of a mode's std) leaves room for platform rounding; 2 steps beat 1 for every
+  seed tried, by 5-20%, a real but modest gap: this run is deterministic, so the check is stable
+  here, but a change of seeds could close it."""
+  import flax.linen as nn
+  import optax
+
+  from score_sde.diffusion import toy
+
+  mixture = toy.ring(n_modes=4, radius=2.0, std=0.25)
+  sde = sde_lib.VESDE(sigma_min=0.002, sigma_max=10.0)
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, c_noise):
+      freqs = 2.0 ** jnp.arange(4)
+      h = jnp.concatenate([x, jnp.sin(c_noise[:, None] * freqs), jnp.cos(c_noise[:, None] * freqs)],
+                          -1)
+      for _ in range(3):
+        h = nn.silu(nn.Dense(64)(h))
+      return nn.Dense(2)(h)
+
+  net = MLP()
+  model_fn = lambda p, x, labels, train=False, rng=None: net.apply(p, x, labels)
+  params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+  loss_fn = cm.get_cd_loss_fn(sde, model_fn, train=True, teacher=mixture.score_fn(sde),
+                              sigma_max=10.0, sigma_data=1.0)
+  opt = optax.adam(1e-3)
+
+  def train_step(carry, key):
+    params, target, opt_state = carry
+    k_data, k_loss = jax.random.split(key)
+    grads, aux = jax.grad(loss_fn, has_aux=True)(params, k_loss, mixture.sample(k_data, 256),
+                                                 target_params=target)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    mu = aux["target_decay"]
+    target = jax.tree.map(lambda t, p: mu * t + (1 - mu) * p, target, params)
+    return (params, target, opt_state), jnp.mean(aux["losses"])
+
+  train = jax.jit(lambda carry, keys: jax.lax.scan(train_step, carry, keys))
+  (_, target, _), loss = train((params, params, opt.init(params)),
+                               jax.random.split(jax.random.PRNGKey(1), 2000))
+  assert float(loss[-200:].mean()) < 0.2 * float(loss[:5].mean())
+
+  n = 20000
+  reference = mixture.sample(jax.random.PRNGKey(10), n)
+  key = jax.random.PRNGKey(5)
+  baseline = _sliced_w1(mixture.sample(jax.random.PRNGKey(11), n), reference, key)
+  model = cm.get_consistency_model(model_fn, target, sigma_data=1.0)
+  distances = {}
+  for steps in (1, 2):
+    x, info = sample_consistency(jax.random.PRNGKey(3), model, sde, (n, 2), num_steps=steps)
+    assert info["nfe"] == steps
+    distances[steps] = _sliced_w1(x, reference, key)
+    assert distances[steps] < 3 * baseline + 0.02, (steps, distances, baseline)
+  assert distances[2] < distances[1], distances
