@@ -118,8 +118,9 @@ def ict_level_probs(sigmas: Array, num_levels, p_mean: float = -1.1, p_std: floa
   lognormal of Song & Dhariwal (Sec. 3.5) discretised on ascending ``sigmas`` [M]; [M - 1], zero
   for the pairs i > N - 2 beyond ``num_levels``."""
   cdf = jax.scipy.special.erf((jnp.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
+  # erf saturates in float32 far in the tails; the clip keeps rounding from making a mass negative.
   mass = jnp.where(jnp.arange(sigmas.shape[0] - 1) < jnp.asarray(num_levels) - 1,
-                   cdf[1:] - cdf[:-1], 0.0)
+                   jnp.maximum(cdf[1:] - cdf[:-1], 0.0), 0.0)
   return mass / jnp.sum(mass)
 
 
