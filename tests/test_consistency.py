@@ -178,6 +178,8 @@ def test_aux_and_defaults():
   assert float(aux["target_decay"]) == pytest.approx(np.exp(2 * np.log(0.9) / 151), rel=1e-6)
   _, aux = ct(params, jax.random.PRNGKey(0), x, step=0)
   assert int(aux["num_levels"]) == 2
+  _, aux = ct(params, jax.random.PRNGKey(0), x, step=250)  # past K: the grid's s1 + 1 levels
+  assert int(aux["num_levels"]) == 151
   ict = jax.jit(cm.get_ict_loss_fn(SDE, model_fn, train=False, total_steps=100))
   _, aux = ict(params, jax.random.PRNGKey(0), x)
   assert int(aux["num_levels"]) == 1281 and float(aux["target_decay"]) == 0.0

@@ -187,7 +187,7 @@ def _consistency_loss(model_fn, *, train, num_classes, class_dropout, sigma_min,
     student = f(params, x_next, sigma_next, train=train, rng=k_drop, **class_kw)
     teacher = jax.lax.stop_gradient(f(target, x_hat, sigma_n, train=train, rng=k_drop, **class_kw))
     per_sample = weight_fn(sigma_n, sigma_next) * distance(student, teacher)
-    aux = {"losses": per_sample, "num_levels": num_levels,
+    aux = {"losses": per_sample, "num_levels": jnp.asarray(num_levels, jnp.int32),
            "target_decay": jnp.asarray(target_decay_fn(num_levels), jnp.float32)}
     return jnp.mean(per_sample), aux
 
@@ -253,8 +253,9 @@ def get_ct_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, total_steps: in
                    metric: str = "l2", huber_c: Optional[float] = None) -> Callable:
   """Consistency training (Song et al. 2023, Algorithm 3, eq. 10): x_{σ_{n+1}} = x_0 + σ_{n+1} z and
   x̂_{σ_n} = x_0 + σ_n z with the same z, n ~ U{0..N(k)-2}, N(k) = ``ct_num_levels`` at ``step`` k
-  of ``total_steps`` (None: the last), λ = 1, aux['target_decay'] = ``ct_target_decay``. The grid
-  has s1 + 1 entries whatever N(k), so the curriculum does not recompile. ``sde`` is unused: the
+  of ``total_steps`` (None: the last; steps past it keep s1 + 1), λ = 1, aux['target_decay'] =
+  ``ct_target_decay``. The grid has s1 + 1 entries whatever N(k), so the curriculum does not
+  recompile. ``sde`` is unused: the
   loss lives in σ."""
   del sde
   _check(sigma_min, sigma_max, sigma_data, rho, huber_c)
@@ -265,7 +266,7 @@ def get_ct_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, total_steps: in
       model_fn, train=train, num_classes=num_classes, class_dropout=class_dropout,
       sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, rho=rho,
       distance=_metric(metric, huber_c, reduce_mean), max_levels=s1 + 1, total_steps=total_steps,
-      num_levels_fn=lambda step: ct_num_levels(step, total_steps, s0, s1),
+      num_levels_fn=lambda step: jnp.minimum(ct_num_levels(step, total_steps, s0, s1), s1 + 1),
       draw_pair=_uniform_pair, target_point=_ct_point, weight_fn=_unit_weight,
       target_decay_fn=lambda n: ct_target_decay(n, s0, mu0))
 
