@@ -34,11 +34,13 @@ def _exact_model_fn(params, x_in, c_noise, train=False, rng=None):
   mu, s = params["mu"], params["s"]
   f_star = mu + (x - mu) * _bb(jnp.sqrt(s**2 + SIGMA_MIN**2) / jnp.sqrt(s**2 + sigma**2), x)
   boundary = _bb(c_out == 0, x)
-  return jnp.where(boundary, 0.0, (f_star - _bb(c_skip, x) * x) / jnp.where(boundary, 1.0, _bb(c_out, x)))
+  safe_c_out = jnp.where(boundary, 1.0, _bb(c_out, x))
+  return jnp.where(boundary, 0.0, (f_star - _bb(c_skip, x) * x) / safe_c_out)
 
 
 def _exact_teacher():
-  return parametrization.Denoiser(fn=lambda x, sigma: MU + _bb(S**2 / (S**2 + sigma**2), x) * (x - MU))
+  return parametrization.Denoiser(
+      fn=lambda x, sigma: MU + _bb(S**2 / (S**2 + sigma**2), x) * (x - MU))
 
 
 def _params():
@@ -316,10 +318,10 @@ def test_cd_with_the_exact_teacher_converges_at_the_solver_order(x64):
 def test_ct_gradient_is_cd_euler_gradient_in_expectation(x64):
   """Consistency training at f* has the expected gradient of distillation with one Euler step of
   the exact denoiser (Song et al. 2023, Theorem 2). For Gaussian data it is exact, not only up to
-  o(Δσ): given x = x_{σ_{n+1}}, E[x_0 + σ_n z | x] = (σ_n/σ_{n+1}) x + (1 - σ_n/σ_{n+1}) D(x, σ_{n+1})
-  is the Euler step, and f*(·, σ_n) is affine, so E[f*(x̂_CT) | x] = f*(x̂_Euler); the student's
-  ∂f*(x)/∂θ depends on x only. So the CT gradient at f* is not zero at finite N: it is the Euler
-  bias O(N^-2) of the test above, vanishing as N -> ∞. Same key: same n and z in both losses; the
+  o(Δσ): given x = x_{σ_{n+1}}, E[x_0 + σ_n z | x] = (σ_n/σ_{n+1}) x
+  + (1 - σ_n/σ_{n+1}) D(x, σ_{n+1}) is the Euler step, and f*(·, σ_n) is affine, so
+  E[f*(x̂_CT) | x] = f*(x̂_Euler); the student's ∂f*(x)/∂θ depends on x only. So the CT gradient at
+  f* is not zero at finite N: it is the Euler bias O(N^-2) of the test above, vanishing as N -> ∞. Same key: same n and z in both losses; the
   per-sample difference has conditional mean zero, checked within 4 standard errors."""
   x0 = _data(4096)
   ct = cm.get_ct_loss_fn(SDE, _exact_model_fn, train=False, total_steps=10, s1=20)
@@ -346,8 +348,8 @@ def test_sampler_with_f_star_draws_the_data_law(options, x64):
   """x̂ = f*(σ_1 z, σ_1) ~ N(μ(1 - a_1), (σ_1 a_1)²), a_i = √(s² + σ_min²)/√(s² + σ_i²): the start
   σ_1 z ignores the data mean, as every sampler's prior does. Each further step maps N(m, v) to
   N(μ + a_i (m - μ), a_i² (v + σ_i² - σ_min²)), which keeps v = s² + σ_min² and shrinks the mean's
-  error. Both the exact recursion and the target law N(μ, s² + σ_min²) (off by μ a_1 ≈ 0.003 after one
-  step, under one standard error) hold within 4 standard errors of 40000 draws."""
+  error. Both the exact recursion and the target law N(μ, s² + σ_min²) (off by μ a_1 ≈ 0.003 after
+  one step, under one standard error) hold within 4 standard errors of 40000 draws."""
   sigmas = options.get("sigmas") or edm.karras_sigmas(options.get("num_steps", 1) + 1, 0.002, 80.0)[
       :options.get("num_steps", 1)]
   x, info = sample_consistency(jax.random.PRNGKey(0), _exact_consistency_model(), SDE, (20000, 2),
@@ -394,16 +396,16 @@ def _sliced_w1(a, b, key, num_directions=128):
 
 @pytest.mark.slow
 def test_distilled_mixture_samples_in_one_and_two_steps():
-  """CD (Heun, N = 18, target EMA μ = 0.95) from the exact score of a 4-mode ring (radius 2, mode std
-  0.25) on σ in [0.002, 10]: a 3 x 64 MLP, 2000 Adam steps of 256 (about 20 s on 2 cores, float32).
-  The score teacher goes through ``as_denoiser``: the VESDE maps σ to t.
+  """CD (Heun, N = 18, target EMA μ = 0.95) from the exact score of a 4-mode ring (radius 2, mode
+  std 0.25) on σ in [0.002, 10]: a 3 x 64 MLP, 2000 Adam steps of 256 (about 20 s on 2 cores,
+  float32). The score teacher goes through ``as_denoiser``: the VESDE maps σ to t.
 
   Sliced W1 over 20000 samples against fresh mixture samples: the true-vs-true baseline is 0.014;
   the target network reaches ~0.04 in one step and ~0.035 in two (three training seeds: ratios to
-  the baseline 2.9 / 2.6, 2.6 / 2.1, 2.8 / 2.7), i.e. 2% of the ring's radius. The bound 3 x baseline
-  + 0.02 (0.02 = 8% of a mode's std) leaves room for platform rounding; 2 steps beat 1 for every
-  seed tried, by 5-20%, a real but modest gap: this run is deterministic, so the check is stable
-  here, but a change of seeds could close it."""
+  the baseline 2.9 / 2.6, 2.6 / 2.1, 2.8 / 2.7), i.e. 2% of the ring's radius. The bound
+  3 x baseline + 0.02 (0.02 = 8% of a mode's std) leaves room for platform rounding. Two steps
+  beat one for every seed tried, by 5-20%, a real but modest gap: this run is deterministic, so the
+  check is stable here, but a change of seeds or platform could close it."""
   import flax.linen as nn
   import optax
 

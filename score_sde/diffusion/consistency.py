@@ -128,8 +128,8 @@ def ict_level_probs(sigmas: Array, num_levels, p_mean: float = -1.1, p_std: floa
 
 def _check(sigma_min, sigma_max, sigma_data, rho, huber_c) -> None:
   if not 0.0 < sigma_min < sigma_max:
-    raise ValueError(f"Consistency losses need 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, "
-                     f"sigma_max={sigma_max}.")
+    raise ValueError(f"Consistency losses need 0 < sigma_min < sigma_max; got "
+                     f"sigma_min={sigma_min}, sigma_max={sigma_max}.")
   if sigma_data <= 0.0 or rho <= 0.0:
     raise ValueError(f"sigma_data and rho must be > 0; got {sigma_data} and {rho}.")
   if huber_c is not None and huber_c <= 0.0:
@@ -166,7 +166,8 @@ def _consistency_loss(model_fn, *, train, num_classes, class_dropout, sigma_min,
                       sigma_data, rho, distance, max_levels, total_steps, num_levels_fn, draw_pair,
                       target_point, weight_fn, target_decay_fn) -> Callable:
   """The loss shared by CD, CT and iCT; they differ in the curriculum N(k) (``num_levels_fn``),
-  the pair drawn (``draw_pair(key, sigmas, N, B) -> n [B]``), x̂_{σ_n} (``target_point``), λ and μ."""
+  the pair drawn (``draw_pair(key, sigmas, N, B) -> n [B]``), x̂_{σ_n} (``target_point``), λ
+  and μ."""
   from score_sde.diffusion import losses
 
   losses._check_class_options(num_classes, class_dropout)
