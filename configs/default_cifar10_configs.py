@@ -94,7 +94,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   sampling.max_attempts = placeholder(int)
   sampling.sigmas = placeholder(tuple)  # consistency: the σ of each step, descending
   sampling.sigma_min = placeholder(float)  # consistency (None: config.consistency's)
-  sampling.sigma_max = placeholder(float)
+  sampling.sigma_max = placeholder(float)  # None: a consistency model's trained σ_max, else σ(T)
   # Class-conditional sampling (docs/controllable.md): 'none', 'cfg' (classifier-free guidance of a
   # model with num_classes > 0) or 'classifier' (a noise-conditional classifier trained with
   # --mode train_classifier). class_label -1 cycles through all classes.

@@ -223,3 +223,9 @@ def get_loss_fn(objective: Optional[str], sde: SDE, model_fn: Callable, *, train
              "edm": dict(sigma_data=sigma_data, p_mean=p_mean, p_std=p_std)}[objective]
   return OBJECTIVES[objective](sde, model_fn, train=train, reduce_mean=reduce_mean,
                                num_classes=num_classes, class_dropout=class_dropout, **options)
+
+
+# Consistency models (consistency.py): imported last, as it uses the helpers above inside its builders.
+from score_sde.diffusion import consistency  # noqa: E402
+
+OBJECTIVES.update(consistency.OBJECTIVES)

@@ -7,6 +7,7 @@ number of batched model evaluations as a Python int.
 """
 from score_sde.samplers.adaptive_sde import sample_adaptive_sde
 from score_sde.samplers.ald import sample_ald
+from score_sde.samplers.consistency import sample_consistency
 from score_sde.samplers.ddim import sample_ddim
 from score_sde.samplers.dpm_solver import sample_dpm_solver
 from score_sde.samplers.edm import sample_edm
@@ -21,4 +22,5 @@ SAMPLERS = {
     "dpm_solver": sample_dpm_solver,
     "edm": sample_edm,
     "adaptive_sde": sample_adaptive_sde,
+    "consistency": sample_consistency,
 }
