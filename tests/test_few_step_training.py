@@ -106,3 +106,9 @@ def test_pairs_refuse_what_would_break_the_couplings(tmp_path):
   with pytest.raises(ValueError, match="needs config.data.path"):
     datasets.check_data_spec(datasets.DataSpec(dataset="pairs", image_size=4, num_channels=1),
                              prefix="config.data.")
+
+
+def test_the_consistency_objectives_are_named_once():
+  from score_sde.diffusion import consistency, losses, parametrization
+  assert set(consistency.OBJECTIVES) == set(parametrization.CONSISTENCY_OBJECTIVES)
+  assert set(consistency.OBJECTIVES) <= set(losses.OBJECTIVES)

@@ -15,6 +15,7 @@ exactly as an unconditional loss does.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import jax
@@ -189,15 +190,17 @@ def default_objective(sde: SDE, continuous: bool) -> str:
 
 def get_loss_fn(objective: Optional[str], sde: SDE, model_fn: Callable, *, train: bool,
                 reduce_mean: bool = False, continuous: bool = True,
-                likelihood_weighting: bool = False, eps: float = 1e-5, num_classes: int = 0,
-                class_dropout: float = 0.0, sigma_data: float = 0.5, p_mean: float = -1.2,
-                p_std: float = 1.2) -> LossFn:
-  """Builds the objective named ``objective`` (``config.training.loss``, a key of ``OBJECTIVES``)
-  from the ``config.training.*`` fields; None selects ``default_objective``.
+                likelihood_weighting: bool = False, num_classes: int = 0,
+                class_dropout: float = 0.0, **options) -> LossFn:
+  """Builds the objective named ``objective`` (``config.training.loss``, a key of ``OBJECTIVES``);
+  None selects ``default_objective``.
 
   ``num_classes`` > 0 makes it class-conditional with label dropout ``class_dropout``. 'dsm' takes
-  ``continuous``, ``likelihood_weighting`` and ``eps``; 'edm' takes ``sigma_data``, ``p_mean`` and
-  ``p_std``. Raises ValueError for combinations that are not defined.
+  ``continuous`` and ``likelihood_weighting``; ``options`` are the keyword options of the
+  objective's builder (``OBJECTIVES[objective]``): 'dsm' ``eps``; 'edm' ``sigma_data``, ``p_mean``,
+  ``p_std``; 'flow_matching' ``eps``, ``time_sampling``, ``logit_mean``, ``logit_std``; the
+  consistency objectives those of ``consistency.py``. Raises ValueError for combinations that are
+  not defined and for an option the objective does not take.
   """
   if likelihood_weighting and not continuous:
     raise ValueError("likelihood_weighting=True requires continuous=True: discrete SMLD/DDPM "
@@ -218,11 +221,18 @@ def get_loss_fn(objective: Optional[str], sde: SDE, model_fn: Callable, *, train
     if continuous:
       raise ValueError(f"The {objective!r} objective trains on discrete noise levels; set "
                        "training.continuous=False so that sampling uses the same labels.")
-  options = {"dsm": dict(continuous=continuous, likelihood_weighting=likelihood_weighting, eps=eps),
-             "smld": {}, "ddpm": {},
-             "edm": dict(sigma_data=sigma_data, p_mean=p_mean, p_std=p_std)}[objective]
-  return OBJECTIVES[objective](sde, model_fn, train=train, reduce_mean=reduce_mean,
-                               num_classes=num_classes, class_dropout=class_dropout, **options)
+  builder = OBJECTIVES[objective]
+  common = ("train", "reduce_mean", "num_classes", "class_dropout")
+  accepted = [name for name, p in inspect.signature(builder).parameters.items()
+              if p.kind == p.KEYWORD_ONLY and name not in common]
+  unknown = sorted(set(options) - set(accepted))
+  if unknown:
+    raise ValueError(f"The {objective!r} objective takes no option {unknown}; its options are "
+                     f"{accepted}.")
+  if objective == "dsm":
+    options = dict(options, continuous=continuous, likelihood_weighting=likelihood_weighting)
+  return builder(sde, model_fn, train=train, reduce_mean=reduce_mean, num_classes=num_classes,
+                 class_dropout=class_dropout, **options)
 
 
 # Consistency models (consistency.py): imported last, as it uses the helpers above inside its builders.

@@ -261,12 +261,23 @@ def get_denoiser(model_fn: Callable, params, *, sigma_data: float = 0.5, train: 
 SCORE_OBJECTIVES = (None, "dsm", "smld", "ddpm")
 
 
+CONSISTENCY_OBJECTIVES = ("consistency_distillation", "consistency_training",
+                          "improved_consistency_training")
+
+
 def sampling_model(objective: Optional[str], sde: SDE, model_fn: Callable, params, *,
-                   continuous: bool, sigma_data: float = 0.5,
+                   continuous: bool, sigma_data: float = 0.5, sigma_min: float = 0.002,
                    class_labels: Optional[Array] = None) -> Model:
   """The network trained with ``objective`` (a key of ``losses.OBJECTIVES``, None for the default)
   as a model the samplers take: a score function (``sde.get_score_fn``, the SDE's output
-  parametrization) for 'dsm', 'smld' and 'ddpm'; the EDM-preconditioned ``Denoiser`` for 'edm'."""
+  parametrization) for 'dsm', 'smld' and 'ddpm'; the EDM-preconditioned ``Denoiser`` for 'edm';
+  the consistency function f_θ (a ``Denoiser``, boundary ``sigma_min``) of a consistency
+  objective."""
+  if objective in CONSISTENCY_OBJECTIVES:
+    from score_sde.diffusion import consistency  # it builds on this module
+
+    return consistency.get_consistency_model(model_fn, params, sigma_data=sigma_data,
+                                             sigma_min=sigma_min, class_labels=class_labels)
   if objective == "edm":
     return get_denoiser(model_fn, params, sigma_data=sigma_data, class_labels=class_labels)
   if objective in SCORE_OBJECTIVES:

@@ -87,7 +87,8 @@ def objective_options(config, name: str) -> dict:
   builder's default; the CD teacher is built by `get_teacher`."""
   builder = losses.OBJECTIVES[name]
   sections = ([config.consistency] if name in consistency.OBJECTIVES else []) + [config.training]
-  common = {"train", "reduce_mean", "num_classes", "class_dropout", "teacher"}
+  common = {"train", "reduce_mean", "num_classes", "class_dropout", "teacher", "continuous",
+            "likelihood_weighting"}
   options = {}
   for field, parameter in inspect.signature(builder).parameters.items():
     if parameter.kind != parameter.KEYWORD_ONLY or field in common:
