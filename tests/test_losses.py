@@ -152,7 +152,7 @@ def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, 
 
 
 def test_objectives_are_named():
-  assert set(losses.OBJECTIVES) == {"dsm", "smld", "ddpm", "edm"}
+  assert set(losses.OBJECTIVES) == {"dsm", "smld", "ddpm", "edm", "flow_matching"}
 
 
 @pytest.mark.parametrize("sde_name,continuous,expected", [

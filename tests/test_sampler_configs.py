@@ -25,6 +25,7 @@ FAST_OPTIONS = {
     "dpm_solver": dict(num_steps=5),
     "edm": dict(num_steps=4),
     "adaptive_sde": dict(rtol=0.05, atol=0.05),
+    "flow": dict(num_steps=4, solver="heun"),
 }
 
 
@@ -106,7 +107,7 @@ def _key():
 def test_every_objective_trains_samples_and_evaluates_from_the_config(tmp_path, objective):
   config = _config(method="dpm_solver", num_steps=4)
   config.training.loss = objective
-  config.training.continuous = objective in ("dsm", "edm")
+  config.training.continuous = objective in ("dsm", "edm", "flow_matching")
   config.training.sde = "vesde" if objective == "smld" else "vpsde"
   config.model.embedding_type = "positional"
   config.eval.begin_ckpt = config.eval.end_ckpt = 1

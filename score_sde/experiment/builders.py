@@ -42,6 +42,8 @@ def get_sde(config) -> sde_lib.SDE:
   m = config.model
   if name == "vesde":
     return sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+  if name == "rectified_flow":
+    return sde_lib.RectifiedFlow(N=m.num_scales)
   return sde_lib.SDES[name](beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
 
 

@@ -10,6 +10,7 @@ from score_sde.samplers.ald import sample_ald
 from score_sde.samplers.ddim import sample_ddim
 from score_sde.samplers.dpm_solver import sample_dpm_solver
 from score_sde.samplers.edm import sample_edm
+from score_sde.samplers.flow import sample_flow
 from score_sde.samplers.ode import sample_ode
 from score_sde.samplers.pc import sample_pc
 
@@ -21,4 +22,5 @@ SAMPLERS = {
     "dpm_solver": sample_dpm_solver,
     "edm": sample_edm,
     "adaptive_sde": sample_adaptive_sde,
+    "flow": sample_flow,
 }
