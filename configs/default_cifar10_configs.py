@@ -23,13 +23,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.n_jitted_steps = 5  # train steps per device call
   training.reduce_mean = False
   training.class_dropout = 0.1  # label dropout to the null class when model.num_classes > 0 (CFG)
-  # Objective (losses.OBJECTIVES: 'dsm', 'smld', 'ddpm', 'edm'); None: 'dsm' when continuous, else
-  # the SDE's discrete loss ('smld' for VE, 'ddpm' for VP), as the reference.
+  # Objective (losses.OBJECTIVES: 'dsm', 'smld', 'ddpm', 'edm', 'flow_matching'); None: 'dsm' when
+  # continuous, else the SDE's discrete loss ('smld' for VE, 'ddpm' for VP), as the reference.
   training.loss = placeholder(str)
   # EDM loss and preconditioning (Karras et al. 2022): σ_data and ln σ ~ N(p_mean, p_std^2).
   training.sigma_data = 0.5
   training.p_mean = -1.2
   training.p_std = 1.2
+  # Flow matching: t 'uniform', 'logit_normal' (T sigmoid(N(logit_mean, logit_std^2))) or 'max'.
+  training.time_sampling = "uniform"
+  training.logit_mean = 0.0
+  training.logit_std = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1

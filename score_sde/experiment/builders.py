@@ -84,7 +84,9 @@ def get_loss_fn(config, sde, model_fn, *, train: bool):
                             likelihood_weighting=t.likelihood_weighting,
                             num_classes=num_classes(config),
                             class_dropout=t.get("class_dropout", 0.0),
-                            sigma_data=t.sigma_data, p_mean=t.p_mean, p_std=t.p_std)
+                            sigma_data=t.sigma_data, p_mean=t.p_mean, p_std=t.p_std,
+                            time_sampling=t.get("time_sampling", "uniform"),
+                            logit_mean=t.get("logit_mean", 0.0), logit_std=t.get("logit_std", 1.0))
 
 
 def get_network_model(config, sde) -> Callable:
