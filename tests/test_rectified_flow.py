@@ -55,7 +55,7 @@ def test_schedule_matches_closed_form(x64):
 
 
 def test_marginals_follow_from_drift_and_diffusion(x64):
-  """dm/dt = f m and d std²/dt = 2 f std² + g² (Särkkä & Solin eq. 5.51 for a linear SDE)."""
+  """dm/dt = f m and d std²/dt = 2 f std² + g²: the moment equations of the linear SDE."""
   sde = sde_lib.RectifiedFlow()
   t = jnp.asarray(TIMES)
   (m, std), (dm, dstd) = jax.jvp(sde.marginal_params, (t,), (jnp.ones_like(t),))
