@@ -1,11 +1,12 @@
-"""Rectified flow (Liu et al. 2023): the SDE, the velocity parametrization, the flow-matching loss and
-the fixed-step flow sampler, against closed forms.
+"""Rectified flow (Liu et al. 2023): the SDE, the velocity parametrization, the flow-matching loss
+and the fixed-step flow sampler, against closed forms.
 
 For x_0 ~ N(μ, Σ) and z ~ N(0, I) independent, x_t = (1 - t) x_0 + t z is jointly Gaussian with
-(x_0, z), so E[z - x_0 | x_t] = -μ + (t I - (1 - t) Σ) C_t^-1 (x_t - (1 - t) μ), C_t = (1 - t)² Σ + t² I;
-a mixture averages these with the posterior component weights. For N(μ, s² I) data on any SDE the
-flow-matching target m' x_0 + std' z has the conditional variance s² (m' std - m std')² / (m² s² + std²)
-per dimension, which is 1 / ((1 - t)² + t² / s²) for rectified flow: the loss's irreducible value.
+(x_0, z), so E[z - x_0 | x_t] = -μ + (t I - (1 - t) Σ) C_t^-1 (x_t - (1 - t) μ) with
+C_t = (1 - t)² Σ + t² I; a mixture averages these with the posterior component weights. For
+N(μ, s² I) data on any SDE the flow-matching target m' x_0 + std' z has the conditional variance
+s² (m' std - m std')² / (m² s² + std²) per dimension, which is 1 / ((1 - t)² + t² / s²) for
+rectified flow: the loss's irreducible value.
 """
 import jax
 import jax.numpy as jnp
@@ -278,9 +279,9 @@ def _exact_velocity_model(sde):
 
 
 @pytest.mark.parametrize("sde, time_sampling", [
-    (sde_lib.RectifiedFlow(T=0.5), "max"),  # t = 0.5 for every sample
-    (sde_lib.RectifiedFlow(), "uniform"),
-    (sde_lib.VPSDE(), "uniform"),
+    pytest.param(sde_lib.RectifiedFlow(T=0.5), "max", id="rf-t=0.5"),  # t = 0.5 for every sample
+    pytest.param(sde_lib.RectifiedFlow(), "uniform", id="rf-uniform"),
+    pytest.param(sde_lib.VPSDE(), "uniform", id="vp-uniform"),
 ])
 def test_flow_matching_loss_at_the_exact_velocity(sde, time_sampling, x64):
   """1. The loss of v* is its irreducible value E_t Var(target | x_t) (quadrature over uniform t)
@@ -299,7 +300,8 @@ def test_flow_matching_loss_at_the_exact_velocity(sde, time_sampling, x64):
     expected = _irreducible(sde, np.asarray(sde.T))
   else:
     expected = integrate.quad(lambda t: _irreducible(sde, t), eps, sde.T)[0] / (sde.T - eps)
-  assert abs(float(loss) - expected) < 4 * per_sample.std() / np.sqrt(BATCH), (float(loss), expected)
+  standard_error = per_sample.std() / np.sqrt(BATCH)
+  assert abs(float(loss) - expected) < 4 * standard_error, (float(loss), expected)
 
   grads = jax.jacrev(lambda p: loss_fn(p, key_loss, x0)[1]["losses"])(exact)
   for name, g in grads.items():
@@ -320,8 +322,8 @@ def _recording_model(seen):
 
 
 def test_given_noise_is_the_coupling():
-  """With ``noise`` z the loss is reduce(||v(x_t) - (z - x_0)||²) at x_t = (1 - t) x_0 + t z; the key
-  draws only t, the same t as without ``noise``."""
+  """With ``noise`` z the loss is reduce(||v(x_t) - (z - x_0)||²) at x_t = (1 - t) x_0 + t z; the
+  key draws only t, the same t as without ``noise``."""
   sde = sde_lib.RectifiedFlow()
   seen = []
   loss_fn = losses.get_flow_matching_loss_fn(sde, _recording_model(seen), train=True)

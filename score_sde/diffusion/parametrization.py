@@ -122,14 +122,15 @@ def noise_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
 
 def data_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
                        dstd: Array) -> Array:
-  """x̂_0 = (std' x_t - std v̂) / (m std' - std m'), from x_t = m x̂_0 + std ε̂ and v̂ = m' x̂_0 + std' ε̂
-  (rectified flow: x̂_0 = x_t - t v̂)."""
+  """x̂_0 = (std' x_t - std v̂) / (m std' - std m'), from x_t = m x̂_0 + std ε̂ and
+  v̂ = m' x̂_0 + std' ε̂ (rectified flow: x̂_0 = x_t - t v̂)."""
   return (dstd * x - std * v) / (m * dstd - std * dm)
 
 
 def score_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
                         dstd: Array) -> Array:
-  """s = -ε̂ / std with ε̂ = ``noise_from_velocity`` (rectified flow: s = -(x_t + (1 - t) v̂) / t)."""
+  """s = -ε̂ / std with ε̂ = ``noise_from_velocity``
+  (rectified flow: s = -(x_t + (1 - t) v̂) / t)."""
   return score_from_noise(noise_from_velocity(x, v, m, std, dm, dstd), std)
 
 

@@ -359,7 +359,7 @@ class SubVPSDE(_VPFamily):
 
 @struct.dataclass
 class RectifiedFlow(SDE):
-  """Rectified flow (Liu et al., ICLR 2023): the straight path x_t = (1 - t) x_0 + t z, t = 0 the data.
+  """Rectified flow (Liu et al., ICLR 2023): the straight path x_t = (1 - t) x_0 + t z, t = 0 data.
 
   m(t) = 1 - t and std(t) = t; an SDE with these marginals has f(x, t) = -x / (1 - t) and
   g(t)^2 = 2 t / (1 - t) (dm/dt = f m, d std^2/dt = 2 f std^2 + g^2), prior N(0, I). At t = 1 the
