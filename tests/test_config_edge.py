@@ -65,9 +65,11 @@ def test_get_sde_by_config_name():
   assert builders.get_sde(config) == sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=10)
   config.training.sde = "subvpsde"
   assert builders.get_sde(config) == sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0, N=10)
+  config.training.sde = "rectified_flow"
+  assert builders.get_sde(config) == sde_lib.RectifiedFlow(N=10)
   config.training.sde = "vpsd"
   with pytest.raises(ValueError, match=r"config.training.sde='vpsd'.*\['vesde', 'vpsde', "
-                                       r"'subvpsde'\]"):
+                                       r"'subvpsde', 'rectified_flow'\]"):
     builders.get_sde(config)
 
 

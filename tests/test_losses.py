@@ -152,8 +152,9 @@ def test_loss_at_exact_score(sde_name, kind, reduce_mean, likelihood_weighting, 
 
 
 def test_objectives_are_named():
-  assert set(losses.OBJECTIVES) == {"dsm", "smld", "ddpm", "edm", "consistency_distillation",
-                                    "consistency_training", "improved_consistency_training"}
+  assert set(losses.OBJECTIVES) == {"dsm", "smld", "ddpm", "edm", "flow_matching",
+                                    "consistency_distillation", "consistency_training",
+                                    "improved_consistency_training"}
 
 
 @pytest.mark.parametrize("sde_name,continuous,expected", [

@@ -32,6 +32,7 @@ OPTIONS = {
     "edm": dict(num_steps=5, s_churn=10.0),
     "adaptive_sde": dict(rtol=0.05, atol=0.01),
     "consistency": dict(num_steps=3),
+    "flow": dict(num_steps=5, solver="heun"),
 }
 # ALD anneals the noise levels of a variance-exploding SDE only.
 CASES = [(name, sde) for name in sorted(SAMPLERS) for sde in SDES

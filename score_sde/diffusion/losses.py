@@ -1,5 +1,6 @@
 """Training objectives: denoising score matching (Song et al., ICLR 2021, eq. 7; Song & Ermon 2019;
-Ho et al. 2020) and the EDM loss (Karras et al., NeurIPS 2022, eq. 2 and 8).
+Ho et al. 2020), the EDM loss (Karras et al., NeurIPS 2022, eq. 2 and 8) and flow matching
+(Lipman et al. 2023; rectified flow, Liu et al. 2023, eq. 1).
 
 Every objective is a pure function ``loss_fn(params, key, images, class_labels=None) -> (loss, aux)``
 built from a network ``model_fn(params, x, labels, train=, rng=)`` and an SDE. ``images`` is the
@@ -174,8 +175,65 @@ def get_edm_loss_fn(sde: SDE, model_fn: Callable, *, train: bool, reduce_mean: b
   return loss_fn
 
 
+TIME_SAMPLINGS = ("uniform", "logit_normal", "max")
+
+
+def _check_time_sampling(time_sampling: str, logit_std: float) -> None:
+  if time_sampling not in TIME_SAMPLINGS:
+    raise ValueError(f"Unknown time_sampling {time_sampling!r} (training.time_sampling) of the "
+                     f"'flow_matching' objective; valid choices are {TIME_SAMPLINGS}.")
+  if time_sampling == "logit_normal" and not logit_std > 0:
+    raise ValueError(f"logit_std (training.logit_std) must be > 0; got {logit_std}.")
+
+
+def get_flow_matching_loss_fn(sde: SDE, model_fn: Callable, *, train: bool,
+                              reduce_mean: bool = True, num_classes: int = 0,
+                              class_dropout: float = 0.0, eps: float = 1e-3,
+                              time_sampling: str = "uniform", logit_mean: float = 0.0,
+                              logit_std: float = 1.0) -> LossFn:
+  """Conditional flow matching: reduce(||v_θ(x_t, t) - (m'(t) x_0 + std'(t) z)||^2) with
+  x_t = m(t) x_0 + std(t) z, the network fed ``sde.noise_labels(t, True)``. For rectified flow the
+  target is z - x_0 (Liu et al. 2023, eq. 1); on any SDE it is the velocity of the path, whose
+  conditional mean is the probability-flow drift (``parametrization.velocity_prediction``).
+
+  Time: t ~ U(eps, T) ('uniform'); t = T sigmoid(n), n ~ N(logit_mean, logit_std^2), clipped to
+  [eps, T] ('logit_normal', Esser et al. 2024, SD3's default (0, 1)); or t = T ('max', one-step
+  distillation of a rectified flow on its couplings).
+
+  ``loss_fn(params, key, images, class_labels=None, noise=None)``: ``noise`` [B, ...], when given,
+  is the z paired with each image instead of a fresh draw: training on the (z, x_0) couplings of a
+  previous flow is reflow, k-rectified flow (Liu et al. 2023, Algorithm 1). The key draws t (and
+  network dropout) either way.
+  """
+  reduce = _reducer(reduce_mean)
+  _check_class_options(num_classes, class_dropout)
+  _check_time_sampling(time_sampling, logit_std)
+
+  def sample_time(key, batch, dtype):
+    if time_sampling == "uniform":
+      return jax.random.uniform(key, (batch,), dtype, minval=eps, maxval=sde.T)
+    if time_sampling == "logit_normal":
+      n = logit_mean + logit_std * jax.random.normal(key, (batch,), dtype)
+      return jnp.clip(sde.T * jax.nn.sigmoid(n), eps, sde.T)
+    return jnp.full((batch,), sde.T, dtype)
+
+  def loss_fn(params, key, images, class_labels=None, noise=None):
+    key, class_kw = _class_conditioning(key, class_labels, num_classes, class_dropout)
+    k_t, k_z, k_drop = jax.random.split(key, 3)
+    t = sample_time(k_t, images.shape[0], images.dtype)
+    z = jax.random.normal(k_z, images.shape, images.dtype) if noise is None else noise
+    m, std, dm, dstd = (batch_broadcast(c, images)
+                        for c in parametrization.marginal_coefficients(sde, t))
+    x_t = m * images + std * z
+    v = model_fn(params, x_t, sde.noise_labels(t, True), train=train, rng=k_drop, **class_kw)
+    losses = reduce(jnp.square(v - (dm * images + dstd * z)))
+    return jnp.mean(losses), {"losses": losses}
+
+  return loss_fn
+
+
 OBJECTIVES = {"dsm": get_sde_loss_fn, "smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn,
-              "edm": get_edm_loss_fn}
+              "edm": get_edm_loss_fn, "flow_matching": get_flow_matching_loss_fn}
 
 
 def default_objective(sde: SDE, continuous: bool) -> str:

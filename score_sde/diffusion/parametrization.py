@@ -13,6 +13,7 @@ throughout the package (DPM-Solver's α_t and σ_t are written m_t and std_t the
   x̂_0        data         E[x_0 | x_t] = (x_t + std² s) / m (Tweedie)
   ε̂          noise        E[ε | x_t] = -std s
   v̂          velocity     E[dx_t/dt | x_t] = m' x̂_0 + std' ε̂, the probability-flow drift f - g² s / 2
+                          (rectified flow, m = 1 - t, std = t: E[ε - x_0 | x_t], Liu et al. 2022)
   D(x_σ, σ)  ``Denoiser`` x̂_0 as a function of (x_σ, σ)
 
 The conversions between these predictions are written once, below, as pure functions of x_t and
@@ -117,6 +118,20 @@ def noise_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
   """ε̂ from x_t = m x̂_0 + std ε̂ and v̂ = m' x̂_0 + std' ε̂: (m v̂ - m' x_t) / (m std' - std m'); the
   determinant m std' - std m' = m² dσ/dt is positive."""
   return (m * v - dm * x) / (m * dstd - std * dm)
+
+
+def data_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
+                       dstd: Array) -> Array:
+  """x̂_0 = (std' x_t - std v̂) / (m std' - std m'), from x_t = m x̂_0 + std ε̂ and
+  v̂ = m' x̂_0 + std' ε̂ (rectified flow: x̂_0 = x_t - t v̂)."""
+  return (dstd * x - std * v) / (m * dstd - std * dm)
+
+
+def score_from_velocity(x: Array, v: Array, m: Array, std: Array, dm: Array,
+                        dstd: Array) -> Array:
+  """s = -ε̂ / std with ε̂ = ``noise_from_velocity``
+  (rectified flow: s = -(x_t + (1 - t) v̂) / t)."""
+  return score_from_noise(noise_from_velocity(x, v, m, std, dm, dstd), std)
 
 
 def marginal_coefficients(sde: SDE, t: Array) -> tuple[Array, Array, Array, Array]:
@@ -258,6 +273,22 @@ def get_denoiser(model_fn: Callable, params, *, sigma_data: float = 0.5, train: 
 
 # --- the network of a training objective as a sampler-ready model -----------------------------
 
+def get_velocity_score_fn(sde: SDE, model_fn: Callable, params, *,
+                          class_labels: Optional[Array] = None) -> ScoreFn:
+  """Wraps a velocity network ``model_fn(params, x, labels, train=, rng=)`` (the 'flow_matching'
+  objective, labels = ``sde.noise_labels(t, True)``) as ``score_fn(x, t)`` by
+  ``score_from_velocity``. ``class_labels`` int [B] reach the network only when given."""
+  class_kw = {} if class_labels is None else {"class_labels": class_labels}
+
+  def score_fn(x: Array, t: Array) -> Array:
+    v = checked_output(model_fn(params, x, sde.noise_labels(t, True), train=False, rng=None,
+                                **class_kw), x, "velocity network")
+    coefs = [batch_broadcast(c, x) for c in marginal_coefficients(sde, t)]
+    return score_from_velocity(x, v, *coefs)
+
+  return score_fn
+
+
 SCORE_OBJECTIVES = (None, "dsm", "smld", "ddpm")
 
 
@@ -271,8 +302,9 @@ def sampling_model(objective: Optional[str], sde: SDE, model_fn: Callable, param
   """The network trained with ``objective`` (a key of ``losses.OBJECTIVES``, None for the default)
   as a model the samplers take: a score function (``sde.get_score_fn``, the SDE's output
   parametrization) for 'dsm', 'smld' and 'ddpm'; the EDM-preconditioned ``Denoiser`` for 'edm';
-  the consistency function f_θ (a ``Denoiser``, boundary ``sigma_min``) of a consistency
-  objective."""
+  the score of a velocity network (``get_velocity_score_fn``, continuous labels) for
+  'flow_matching'; the consistency function f_θ (a ``Denoiser``, boundary ``sigma_min``) of a
+  consistency objective."""
   if objective in CONSISTENCY_OBJECTIVES:
     from score_sde.diffusion import consistency  # it builds on this module
 
@@ -280,7 +312,9 @@ def sampling_model(objective: Optional[str], sde: SDE, model_fn: Callable, param
                                              sigma_min=sigma_min, class_labels=class_labels)
   if objective == "edm":
     return get_denoiser(model_fn, params, sigma_data=sigma_data, class_labels=class_labels)
+  if objective == "flow_matching":
+    return get_velocity_score_fn(sde, model_fn, params, class_labels=class_labels)
   if objective in SCORE_OBJECTIVES:
     return get_score_fn(sde, model_fn, params, continuous=continuous, class_labels=class_labels)
   raise ValueError(f"Unknown objective {objective!r}; valid choices are "
-                   f"{sorted(o for o in SCORE_OBJECTIVES if o)} and 'edm'.")
+                   f"{sorted(o for o in SCORE_OBJECTIVES if o)}, 'edm' and 'flow_matching'.")

@@ -357,7 +357,49 @@ class SubVPSDE(_VPFamily):
     return jnp.sqrt(self.beta(t) * discount)
 
 
-SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}
+@struct.dataclass
+class RectifiedFlow(SDE):
+  """Rectified flow (Liu et al., ICLR 2023): the straight path x_t = (1 - t) x_0 + t z, t = 0 data.
+
+  m(t) = 1 - t and std(t) = t; an SDE with these marginals has f(x, t) = -x / (1 - t) and
+  g(t)^2 = 2 t / (1 - t) (dm/dt = f m, d std^2/dt = 2 f std^2 + g^2), prior N(0, I). At t = 1 the
+  mean vanishes and f, g blow up, so the process stops at T < 1, a static field in (0, 1). The
+  network predicts the noise as for VP (labels 999 t) unless trained with the 'flow_matching'
+  objective (``parametrization.get_velocity_score_fn``). The reference code (gnobitab/RectifiedFlow)
+  runs time the other way: its t = 1 is the data, and its network sees 999 t.
+  """
+
+  T: float = struct.field(pytree_node=False, default=1.0 - 1e-3)
+  N: int = struct.field(pytree_node=False, default=1000)
+
+  def __post_init__(self):
+    if not 0.0 < self.T < 1.0:
+      raise ValueError(f"RectifiedFlow needs 0 < T < 1 (m(1) = 0 and the drift -x / (1 - t) is "
+                       f"infinite at t = 1); got T={self.T}.")
+
+  def marginal_params(self, t):
+    return 1.0 - t, t
+
+  def drift_coef(self, t):
+    return -1.0 / (1.0 - t)
+
+  def diffusion_coef(self, t):
+    return jnp.sqrt(2.0 * t / (1.0 - t))
+
+  def langevin_step_scale(self, t):
+    return jnp.ones_like(t)
+
+  def noise_labels(self, t, continuous):
+    del continuous
+    return 999.0 * t
+
+  def score_from_output(self, output, t, continuous):
+    """The network predicts the noise ε: s = -ε / t."""
+    del continuous
+    return _score_from_noise(output, batch_broadcast(t, output))
+
+
+SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE, "rectified_flow": RectifiedFlow}
 
 
 def get_score_fn(sde: SDE, model_fn: Callable, params, *, continuous: bool, train: bool = False,

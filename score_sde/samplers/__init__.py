@@ -11,6 +11,7 @@ from score_sde.samplers.consistency import sample_consistency
 from score_sde.samplers.ddim import sample_ddim
 from score_sde.samplers.dpm_solver import sample_dpm_solver
 from score_sde.samplers.edm import sample_edm
+from score_sde.samplers.flow import sample_flow
 from score_sde.samplers.ode import sample_ode
 from score_sde.samplers.pc import sample_pc
 
@@ -23,4 +24,5 @@ SAMPLERS = {
     "edm": sample_edm,
     "adaptive_sde": sample_adaptive_sde,
     "consistency": sample_consistency,
+    "flow": sample_flow,
 }
