@@ -14,8 +14,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
+from score_sde.diffusion import sde as sde_lib
 from score_sde.experiment import builders
 from score_sde.io import datasets
+from score_sde.samplers import SAMPLERS
 
 # ml_collections' config loader uses importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -153,8 +155,8 @@ MODEL_FIELDS = {"ncsnpp": {**UNET_FIELDS, **NCSNPP_FIELDS}, "ddpm": UNET_FIELDS,
                 "ncsnv2_128": dict(interpolation=STR), "ncsnv2_256": dict(interpolation=STR)}
 
 CHOICES = {
-    "training.sde": {"vesde", "vpsde", "subvpsde"},
-    "sampling.method": {"pc", "ode"},
+    "training.sde": set(sde_lib.SDES),
+    "sampling.method": set(SAMPLERS),
     "sampling.guidance": {"none", "cfg", "classifier"},
     "sampling.predictor": {"euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none"},
     "sampling.corrector": {"langevin", "ald", "none"},
@@ -234,7 +236,7 @@ def test_library_objects_build_from_every_config(relpath, configs):
   config = copy.deepcopy(configs[relpath])
   if config.data.dataset == "folder":
     config.data.path = "images"  # the one field the user must give
-  assert type(builders.get_sde(config)).__name__.lower() == config.training.sde
+  assert type(builders.get_sde(config)) is sde_lib.SDES[config.training.sde]
   model = builders.get_model(config)
   assert (model.nf, model.centered, model.num_scales) == (
       config.model.nf, config.data.centered, config.model.num_scales)

@@ -6,8 +6,10 @@ the teacher's probability-flow ODE between adjacent levels of the N = 18 Karras 
 f_θ = c_skip x + c_out F_θ (the same small DDPM++, consistency preconditioning) against its target
 EMA (μ = 0.95), squared L2 metric (LPIPS needs downloaded VGG weights).
 
-  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
   python main.py --config configs/digits/cd.py --workdir runs/digits_cd --mode train
+
+after training the teacher (python main.py --config configs/digits/ddpmpp_vp_small.py --workdir
+runs/digits --mode train). Expected: the FDD of 1, 2 and 4 steps in docs/few_step.md.
 
 Samples with the consistency sampler (one step; `--config.sampling.num_steps=2` for two).
 The student starts from scratch: the teacher's ε-network sees other inputs and labels (999 t)

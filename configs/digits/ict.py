@@ -5,7 +5,8 @@ curriculum N(k) = min(10 · 2^⌊k/K'⌋, 1280) + 1, lognormal noise levels (P_m
   python main.py --config configs/digits/ict.py --workdir runs/digits_ict --mode train
 
 The main job's small DDPM++ as F_θ with the consistency preconditioning; samples with the
-consistency sampler (1 step, or `--config.sampling.num_steps=2`).
+consistency sampler (1 step, or `--config.sampling.num_steps=2`). Expected: the FDD of 1 and 2
+steps in docs/few_step.md.
 """
 from configs.digits import ddpmpp_vp_small
 

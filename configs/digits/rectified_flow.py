@@ -6,7 +6,7 @@ flow-matching loss ‖v_θ(x_t, t) − (z − x_0)‖² on the straight path x_t
   python main.py --config configs/digits/rectified_flow.py --workdir runs/digits_rf --mode reflow_pairs
 
 The second command writes the (z, x_0) couplings that configs/digits/reflow.py trains the
-2-rectified flow on. Results against NFE: docs/few_step.md.
+2-rectified flow on. Expected: the FDD against NFE in docs/few_step.md.
 """
 from configs.digits import ddpmpp_vp_small
 

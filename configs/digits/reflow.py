@@ -1,8 +1,11 @@
 """2-rectified flow (Liu et al. 2022, reflow) on the digits: the flow-matching loss on the (z, x_0)
 couplings of the 1-rectified flow (configs/digits/rectified_flow.py), starting from its parameters.
 
-  python main.py --config configs/digits/rectified_flow.py --workdir runs/digits_rf --mode reflow_pairs
   python main.py --config configs/digits/reflow.py --workdir runs/digits_2rf --mode train
+
+after writing the couplings (python main.py --config configs/digits/rectified_flow.py --workdir
+runs/digits_rf --mode reflow_pairs). Expected: the FDD of 1 and 2 Euler steps in
+docs/few_step.md.
 
 `--config.training.time_sampling=max` instead distils the flow to one Euler step (t = T only).
 The couplings replace the digits, so the eval reports no bits/dim (the pairs are not data);

@@ -5,7 +5,7 @@ solve of dx/dt = v at tolerance 1e-5, as the reference's `rk45` sampler.
     python main.py --config configs/rf/cifar10_rectified_flow.py \
         --workdir runs/rf_cifar10 --mode train
 
-Published: FID 2.58 with RK45 (1-RF). Deviations from the reference's config: docs/configs.md.
+Expected (published): FID 2.58 with RK45 (1-RF). Deviations: docs/configs.md.
 """
 from configs.vp import cifar10_ddpmpp_continuous
 
