@@ -59,9 +59,13 @@ def get_default_configs() -> ml_collections.ConfigDict:
   consistency.teacher_config = placeholder(str)  # CD: the teacher's config file
   consistency.teacher_workdir = placeholder(str)  # CD: the teacher's workdir (newest checkpoint)
 
-  # Reflow (--mode reflow_pairs): how many (noise, data) pairs to write.
+  # Reflow (--mode reflow_pairs): how many (noise, data) pairs to write, and the adaptive solve of
+  # the probability-flow ODE from noise to data (samplers.ode.decode; the reference's RK45).
   config.reflow = reflow = ml_collections.ConfigDict()
   reflow.num_pairs = 50000
+  reflow.solver = "dopri5"
+  reflow.rtol = 1e-5
+  reflow.atol = 1e-5
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1

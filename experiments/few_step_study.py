@@ -46,12 +46,15 @@ RUNS = {
 }
 QUICK = {"training.n_iters": 4, "training.snapshot_freq": 4, "training.snapshot_freq_for_preemption": 0,
          "training.eval_freq": 4, "training.batch_size": 8, "training.snapshot_sampling": False,
-         "reflow.num_pairs": 16, "eval.batch_size": 16}
+         "reflow.num_pairs": 16, "eval.batch_size": 16, "model.nf": 8, "model.ch_mult": (1,),
+         "model.attn_resolutions": (), "model.num_scales": 20}
 
 # (family label, run, sampling fields): every setting of the study.
 SETTINGS = [
-    ("score, DPM-Solver++", "score", {"method": "dpm_solver", "num_steps": 10, "order": 2}),
-    ("score, DPM-Solver++", "score", {"method": "dpm_solver", "num_steps": 20, "order": 2}),
+    ("score, DPM-Solver++", "score", {"method": "dpm_solver", "num_steps": 10, "order": 2,
+                                      "noise_removal": False}),
+    ("score, DPM-Solver++", "score", {"method": "dpm_solver", "num_steps": 20, "order": 2,
+                                      "noise_removal": False}),
     ("score, Euler–Maruyama", "score", {"method": "pc", "predictor": "euler_maruyama",
                                         "corrector": "none"}),
     ("CD", "cd", {"method": "consistency", "num_steps": 1}),
@@ -59,19 +62,26 @@ SETTINGS = [
     ("CD", "cd", {"method": "consistency", "num_steps": 4}),
     ("iCT", "ict", {"method": "consistency", "num_steps": 1}),
     ("iCT", "ict", {"method": "consistency", "num_steps": 2}),
-    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 1}),
-    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 2}),
-    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 4}),
-    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 8}),
+    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 1,
+                                   "noise_removal": False}),
+    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 2,
+                                   "noise_removal": False}),
+    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 4,
+                                   "noise_removal": False}),
+    ("1-RF, Euler", "rf", {"method": "flow", "solver": "euler", "num_steps": 8,
+                                   "noise_removal": False}),
     ("1-RF, adaptive (dopri5)", "rf", {"method": "ode", "solver": "dopri5", "rtol": 1e-5,
                                        "atol": 1e-5, "noise_removal": False}),
-    ("2-RF, Euler", "2rf", {"method": "flow", "solver": "euler", "num_steps": 1}),
-    ("2-RF, Euler", "2rf", {"method": "flow", "solver": "euler", "num_steps": 2}),
+    ("2-RF, Euler", "2rf", {"method": "flow", "solver": "euler", "num_steps": 1,
+                                   "noise_removal": False}),
+    ("2-RF, Euler", "2rf", {"method": "flow", "solver": "euler", "num_steps": 2,
+                                   "noise_removal": False}),
 ]
 
 
 def _flags(overrides: dict) -> list[str]:
-  return [f"--config.{k}={v}" for k, v in overrides.items()]
+  return [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+          for k, v in overrides.items()]
 
 
 def train_runs(runs_dir: str, quick: bool) -> None:

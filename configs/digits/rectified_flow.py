@@ -18,5 +18,6 @@ def get_config():
   config.sampling.method = "flow"
   config.sampling.solver = "euler"
   config.sampling.num_steps = 8
+  config.sampling.noise_removal = False  # N Euler steps are N evaluations
   config.reflow.num_pairs = 4096
   return config

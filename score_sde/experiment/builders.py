@@ -141,7 +141,8 @@ def get_loss_fn(config, sde, model_fn, *, train: bool):
 
   @functools.cache
   def distillation_loss():
-    teacher, teacher_sde = get_teacher(config)
+    with jax.ensure_compile_time_eval():  # first called while the train step is being traced
+      teacher, teacher_sde = get_teacher(config)
     return build(teacher_sde, model_fn, teacher=teacher)
 
   return lambda *args, **kwargs: distillation_loss()(*args, **kwargs)

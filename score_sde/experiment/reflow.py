@@ -2,7 +2,7 @@
 trained flow, written as resumable shards for training the next rectified flow on them.
 
 ``--mode reflow_pairs`` draws z from the prior and solves the probability-flow ODE of the newest
-checkpoint from z to x_0 (``samplers.ode.decode``, adaptive; ``config.sampling.rtol/atol/solver``).
+checkpoint from z to x_0 (``samplers.ode.decode``, adaptive; ``config.reflow.solver/rtol/atol``).
 Shard i is a pure function of the checkpoint, the seed and i, so an interrupted run resumes where it
 stopped; ``reflow_pairs/pairs.json`` records what made the shards, and shards of another checkpoint
 or setting are refused rather than mixed. A config with ``config.data.dataset = 'pairs'`` and
@@ -34,9 +34,9 @@ def reflow_pairs(config, workdir: str) -> str:
   workdir/reflow_pairs in shards of config.eval.batch_size; returns the folder."""
   exp = builders.build_experiment(config)
   step, params = latest_params(exp, workdir)
-  s = config.sampling
-  options = {k: s.get(k) for k in ("rtol", "atol", "solver") if s.get(k) is not None}
-  num_pairs, batch = int(config.reflow.num_pairs), exp.eval.batch_size
+  r = config.reflow
+  options = {"rtol": r.rtol, "atol": r.atol, "solver": r.solver}
+  num_pairs, batch = int(r.num_pairs), exp.eval.batch_size
   if num_pairs < 1:
     raise ValueError(f"config.reflow.num_pairs={num_pairs} must be a positive number of pairs.")
   out_dir = os.path.join(workdir, PAIRS_FOLDER)
@@ -44,12 +44,11 @@ def reflow_pairs(config, workdir: str) -> str:
                             "seed": exp.seed, **options},
                   prefixes=datasets.PAIRS_GLOB, spec_name="pairs.json")
   shape = (batch, *exp.image_shape)
-  model = exp.unconditional_model(params)
 
   @jax.jit
-  def pair(key, model):
+  def pair(key, params):
     z = common.prior_sample(common.sample_keys(key, batch), exp.sde, shape, common.default_dtype())
-    x0, info = ode.decode(model, exp.sde, z, **options)
+    x0, info = ode.decode(exp.unconditional_model(params), exp.sde, z, **options)
     return z, x0, info["nfe"]
 
   key = jax.random.fold_in(jax.random.fold_in(exp.sample_key, step), 0x2EF1)
@@ -59,7 +58,7 @@ def reflow_pairs(config, workdir: str) -> str:
   for i in range(num_shards):
     if i in done:
       continue
-    z, x0, nfe = pair(jax.random.fold_in(key, i), model)
+    z, x0, nfe = pair(jax.random.fold_in(key, i), params)
     if jax.process_index() == 0:
       datasets.write_pairs(out_dir, i, np.asarray(z), np.asarray(exp.inverse_scaler(x0)))
     bar.update(1, nfe=int(nfe))
