@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from score_sde.diffusion import losses
+from score_sde.diffusion import losses, parametrization
 from score_sde.experiment import builders, cli, evaluation, generate, restore, train
 from score_sde.samplers import SAMPLERS
 from tests.helpers.tiny_config import tiny_config
@@ -26,6 +26,7 @@ FAST_OPTIONS = {
     "edm": dict(num_steps=4),
     "adaptive_sde": dict(rtol=0.05, atol=0.05),
     "flow": dict(num_steps=4, solver="heun"),
+    "consistency": dict(num_steps=2),
 }
 
 
@@ -103,23 +104,44 @@ def _key():
   return jax.random.PRNGKey(0)
 
 
+TEACHER_CONFIG = """import sys
+sys.path.insert(0, {root!r})
+from tests.helpers.tiny_config import tiny_config
+
+
+def get_config():
+  return tiny_config()
+"""
+
+
 @pytest.mark.parametrize("objective", sorted(losses.OBJECTIVES))
-def test_every_objective_trains_samples_and_evaluates_from_the_config(tmp_path, objective):
-  config = _config(method="dpm_solver", num_steps=4)
+def test_every_objective_trains_samples_and_evaluates_from_the_config(tmp_path, objective,
+                                                                      trained):
+  consistency = objective in parametrization.CONSISTENCY_OBJECTIVES
+  config = _config(method="consistency" if consistency else "dpm_solver", num_steps=2)
   config.training.loss = objective
-  config.training.continuous = objective in ("dsm", "edm", "flow_matching")
+  config.training.continuous = objective not in ("smld", "ddpm")
   config.training.sde = "vesde" if objective == "smld" else "vpsde"
   config.model.embedding_type = "positional"
   config.eval.begin_ckpt = config.eval.end_ckpt = 1
   config.training.snapshot_freq = 2
   config.eval.bpd_num_repeats = 1
   config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2
-  workdir = str(tmp_path)
+  config.eval.enable_bpd = not consistency  # a consistency function has no likelihood
+  if objective == "consistency_distillation":  # the teacher: the module's trained VP model
+    teacher = tmp_path / "teacher_config.py"
+    teacher.write_text(TEACHER_CONFIG.format(root=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    config.consistency.teacher_config = str(teacher)
+    config.consistency.teacher_workdir = trained["vpsde"]
+    config.consistency.num_levels = 5
+  workdir = str(tmp_path / "run")
   state = train.train(config, workdir)
   assert int(state.step) == 2
   report = evaluation.evaluate(config, workdir)[2]
   assert math.isfinite(report["eval_loss"]) and report["eval_loss"] > 0
-  assert 0 < report["bpd"] < 30  # an untrained model of 8-bit data: a few bits above 8 at most
+  if not consistency:
+    assert 0 < report["bpd"] < 30  # an untrained model of 8-bit data: a few bits above 8 at most
   assert report["fdd"]["num_samples"] == 4
 
 
