@@ -73,6 +73,27 @@ def ddpm(*, ch_mult: tuple[int, ...], scale_by_sigma: bool, ema_rate: float) -> 
   )
 
 
+# DiT sizes (Peebles & Xie 2023, Table 1): depth, hidden size, heads.
+DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+
+def dit(size: str, patch_size: int, *, ema_rate: float = 0.9999,
+        learn_sigma: bool = True) -> dict[str, Any]:
+  """DiT-{S,B,L,XL}/{2,4,8} (Peebles & Xie 2023): mlp_ratio 4, the paper's learned-σ output.
+
+  The network takes any real noise label and is always noise-conditional, hence
+  `embedding_type='positional'` and `scale_by_sigma=False` (the fields other code checks)."""
+  if size not in DIT_SIZES:
+    raise ValueError(f"DiT size {size!r}; valid choices: {sorted(DIT_SIZES)}.")
+  if patch_size not in (2, 4, 8):
+    raise ValueError(f"DiT patch_size {patch_size}; the paper's choices are 2, 4 and 8.")
+  depth, hidden_size, num_heads = DIT_SIZES[size]
+  return dict(name="dit", ema_rate=ema_rate, patch_size=patch_size, hidden_size=hidden_size,
+              depth=depth, num_heads=num_heads, mlp_ratio=4.0, learn_sigma=learn_sigma,
+              conditional=True, scale_by_sigma=False, embedding_type="positional", dropout=0.0,
+              dtype="float32")
+
+
 def refinenet(name: str, *, scale_by_sigma: bool, ema_rate: float) -> dict[str, Any]:
   """The RefineNet of NCSN ('ncsn') and NCSNv2 ('ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256').
 

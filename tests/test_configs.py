@@ -139,20 +139,23 @@ REQUIRED_FIELDS = {
                  path=OPTIONAL_STR, tfds_name=OPTIONAL_STR, data_dir=OPTIONAL_STR),
     "model": dict(name=STR, sigma_min=FLOAT, sigma_max=FLOAT, num_scales=INT, beta_min=FLOAT,
                   beta_max=FLOAT, dropout=FLOAT, embedding_type=STR, scale_by_sigma=BOOL,
-                  ema_rate=FLOAT, ema_warmup=BOOL, normalization=STR, nonlinearity=STR, nf=INT, num_classes=INT),
+                  ema_rate=FLOAT, ema_warmup=BOOL, num_classes=INT),
     "classifier": dict(depth=INT, widen_factor=INT, num_classes=INT, n_iters=INT, batch_size=INT,
                        lr=FLOAT, warmup=INT, log_freq=INT, eval_freq=INT, snapshot_freq=INT),
     "optim": dict(weight_decay=FLOAT, optimizer=STR, lr=FLOAT, beta1=FLOAT, eps=FLOAT, warmup=INT,
                   grad_clip=FLOAT),
 }
-UNET_FIELDS = dict(ch_mult=tuple, num_res_blocks=INT, attn_resolutions=tuple,
+CNN_FIELDS = dict(normalization=STR, nonlinearity=STR, nf=INT)
+UNET_FIELDS = dict(**CNN_FIELDS, ch_mult=tuple, num_res_blocks=INT, attn_resolutions=tuple,
                    resamp_with_conv=BOOL, conditional=BOOL)
 NCSNPP_FIELDS = dict(fir=BOOL, fir_kernel=tuple, skip_rescale=BOOL, resblock_type=STR,
                      progressive=STR, progressive_input=STR, progressive_combine=STR,
                      attention_type=STR, init_scale=FLOAT, fourier_scale=FLOAT, conv_size=INT)
 MODEL_FIELDS = {"ncsnpp": {**UNET_FIELDS, **NCSNPP_FIELDS}, "ddpm": UNET_FIELDS,
-                "ncsn": dict(interpolation=STR), "ncsnv2_64": dict(interpolation=STR),
-                "ncsnv2_128": dict(interpolation=STR), "ncsnv2_256": dict(interpolation=STR)}
+                **{name: dict(**CNN_FIELDS, interpolation=STR)
+                   for name in ("ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256")},
+                "dit": dict(patch_size=INT, hidden_size=INT, depth=INT, num_heads=INT,
+                            mlp_ratio=FLOAT, learn_sigma=BOOL, dtype=STR)}
 
 CHOICES = {
     "training.sde": set(sde_lib.SDES),
@@ -163,9 +166,11 @@ CHOICES = {
     "eval.bpd_dataset": {"train", "test"},
     "eval.fid_stats_split": {"train", "test"},
     "model.embedding_type": {"fourier", "positional"},
+    "optim.optimizer": {"Adam"},
+}
+CNN_CHOICES = {  # every network but the transformer
     "model.normalization": {"GroupNorm", "InstanceNorm++"},
     "model.nonlinearity": {"swish", "elu"},
-    "optim.optimizer": {"Adam"},
 }
 NCSNPP_CHOICES = {
     "model.resblock_type": {"biggan", "ddpm"},
@@ -203,7 +208,8 @@ def test_required_fields_and_types(relpath, configs):
 @pytest.mark.parametrize("relpath", EXPERIMENTS)
 def test_values_are_sensible(relpath, configs):
   config = configs[relpath]
-  choices = dict(CHOICES, **(NCSNPP_CHOICES if config.model.name == "ncsnpp" else {}))
+  choices = dict(CHOICES, **(NCSNPP_CHOICES if config.model.name == "ncsnpp" else {}),
+                 **(CNN_CHOICES if config.model.name != "dit" else {}))
   for dotted, allowed in choices.items():
     assert get(config, dotted) in allowed, (dotted, get(config, dotted))
   # The dataset names must be ones the input pipeline accepts (case-insensitively).
@@ -238,8 +244,13 @@ def test_library_objects_build_from_every_config(relpath, configs):
     config.data.path = "images"  # the one field the user must give
   assert type(builders.get_sde(config)) is sde_lib.SDES[config.training.sde]
   model = builders.get_model(config)
-  assert (model.nf, model.centered, model.num_scales) == (
-      config.model.nf, config.data.centered, config.model.num_scales)
+  if config.model.name == "dit":
+    assert (model.patch_size, model.hidden_size, model.depth, model.num_heads) == (
+        config.model.patch_size, config.model.hidden_size, config.model.depth,
+        config.model.num_heads)
+  else:
+    assert (model.nf, model.centered, model.num_scales) == (
+        config.model.nf, config.data.centered, config.model.num_scales)
   assert builders.get_classifier(config).num_classes == config.classifier.num_classes
   spec = builders.data_spec(config)
   assert (spec.dataset.lower(), spec.image_size, spec.num_channels) == (

@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 
 from score_sde import models
 from score_sde.diffusion import consistency, losses, parametrization
@@ -222,10 +223,20 @@ def _refinenet_fields(config) -> dict:
   return fields
 
 
+def _dit_fields(config) -> dict:
+  """Arguments of DiT (models/dit.py); labels are dropped by the loss (training.class_dropout)."""
+  m = config.model
+  return dict(
+      patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+      mlp_ratio=m.get("mlp_ratio", 4.0), learn_sigma=m.get("learn_sigma", False),
+      num_classes=m.get("num_classes", 0), dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
 # config.model.name -> the constructor arguments of models.MODELS[name].
 _MODEL_FIELDS: dict[str, Callable[[Any], dict]] = {
     "ncsnpp": _ncsnpp_fields,
     "ddpm": _ddpm_fields,
+    "dit": _dit_fields,
     "ncsn": _refinenet_fields,
     "ncsnv2": _refinenet_fields,
     "ncsnv2_64": _refinenet_fields,
@@ -243,7 +254,7 @@ def get_model(config):
     raise ValueError(f"config.model.num_classes={num_classes} (class-conditional training) is "
                      f"supported only by models {list(models.CLASS_CONDITIONAL_MODELS)}, not "
                      f"{name!r}; set config.model.num_classes=0.")
-  if num_classes and not config.model.conditional:
+  if num_classes and not config.model.get("conditional", True):
     raise ValueError(f"config.model.num_classes={num_classes} adds a class embedding to the time "
                      "embedding, which config.model.conditional=False removes; set "
                      "config.model.conditional=True or config.model.num_classes=0.")
@@ -488,6 +499,9 @@ def check_config(config) -> None:
                      "which defines no probability-flow ODE and hence no likelihood: set "
                      "config.eval.enable_bpd=False.")
   m = config.model
+  if m.name == "dit" and config.data.image_size % m.patch_size:
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
+                     f"config.model.patch_size={m.patch_size} (DiT patchifies the image).")
   if m.name in ("ncsnpp", "ddpm"):
     reached = [config.data.image_size // 2**i for i in range(len(m.ch_mult))]
     unreached = [r for r in m.attn_resolutions if r not in reached]

@@ -3,11 +3,13 @@
 * score_sde_pytorch `.pth` files: `torch_pickle.load_torch_file` reads them without torch;
   `from_pytorch_checkpoint` maps its `model` state dict and its `ema` shadow parameters;
   `from_pytorch_state_dict` maps one state dict (`module.` prefixes of DataParallel are stripped).
+* facebookresearch/DiT state dicts (released `DiT-XL-2-*.pt` files, and `model`/`ema` of its
+  training checkpoints): the same two functions, dispatched on the model type.
 * yang-song/score_sde (JAX/Flax) `checkpoint_N` msgpack files: `from_flax_checkpoint`.
 * `score_sde/experiment/convert_cli.py` (`score-sde-convert`) writes the result as a training work
   directory.
 
-Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp or DDPM) and the
+Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp, DDPM or DiT) and the
 `image_size` and `num_channels` of its inputs; `score_sde.experiment.builders.conversion_kwargs`
 builds them from a config.
 
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.models import dit as dit_lib
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
 
@@ -166,8 +169,10 @@ def _as_numpy(value) -> np.ndarray:
 
 def _expected_params(model, image_size: int, num_channels: int) -> Dict:
   shape = (1, image_size, image_size, num_channels)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.ones((1,)), train=False))
+  num_classes = getattr(model, "num_classes", 0)
+  class_kw = {"class_labels": jnp.full((1,), num_classes, jnp.int32)} if num_classes else {}
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.ones((1,)),
+                                             train=False, **class_kw))
   return shapes["params"]
 
 
@@ -224,16 +229,81 @@ def _pytorch_key_map(model, image_size: int) -> Dict[int, Tuple[str, str]]:
   return dict(enumerate(_LAYOUTS[type(model)](model, image_size)))
 
 
+# facebookresearch/DiT module path -> our Flax path (models/dit.py).
+_DIT_MODULES = (
+    (r"x_embedder\.proj", r"x_embedder"),
+    (r"t_embedder\.mlp\.([02])", r"t_embedder_\1"),
+    (r"y_embedder\.embedding_table", r"y_embedder"),
+    (r"blocks\.(\d+)\.attn\.(qkv|proj)", r"blocks_\1/attn/\2"),
+    (r"blocks\.(\d+)\.mlp\.(fc1|fc2)", r"blocks_\1/mlp/\2"),
+    (r"blocks\.(\d+)\.adaLN_modulation\.1", r"blocks_\1/adaLN_modulation"),
+    (r"final_layer\.adaLN_modulation\.1", r"final_adaLN_modulation"),
+    (r"final_layer\.linear", r"final_linear"),
+)
+
+
+def _dit_leaf(flax_module: str, param: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+  if param == "bias":
+    return param, value
+  if flax_module == "y_embedder":
+    return "embedding", value
+  if flax_module == "x_embedder":  # Conv2d(C, D, p, stride p) = Dense on patchify's (p, p, C) order
+    if value.ndim != 4:
+      raise ValueError(f"the patch embedding weight must be 4-D (D, C, p, p), got {value.shape}")
+    return "kernel", _oihw_to_hwio(value).reshape(-1, value.shape[0])
+  if value.ndim != 2:
+    raise ValueError(f"a Linear weight must be 2-D (out, in), got shape {value.shape}")
+  return "kernel", value.T
+
+
+def _from_dit_state_dict(state_dict: Dict[str, Any], model: dit_lib.DiT, image_size: int,
+                         num_channels: int) -> Dict:
+  """A facebookresearch/DiT state dict -> the `params` of `model`; `pos_embed` must equal our
+  constant (for `image_size`), since it is frozen in the reference and not a parameter here."""
+  flat: Dict[Tuple[str, ...], np.ndarray] = {}
+  unused = []
+  for key, value in state_dict.items():
+    value = _as_numpy(value)
+    if key == "pos_embed":
+      grid = image_size // model.patch_size
+      want = dit_lib.sincos_pos_embed_2d(model.hidden_size, grid, grid)[None]
+      if value.shape != want.shape or not np.allclose(value, want, atol=1e-5):
+        raise ValueError(f"The checkpoint's pos_embed {value.shape} is not the fixed sin-cos "
+                         f"embedding of {want.shape} for image_size={image_size}, "
+                         f"patch_size={model.patch_size}, hidden_size={model.hidden_size}.")
+      continue
+    module, _, param = key.rpartition(".")
+    flax_module = next((re.sub(pattern, target, module) for pattern, target in _DIT_MODULES
+                        if re.fullmatch(pattern, module)), None)
+    if flax_module is None or param not in ("weight", "bias"):
+      unused.append(key)
+      continue
+    try:
+      flax_param, array = _dit_leaf(flax_module, param, value)
+    except ValueError as e:
+      raise ValueError(f"Cannot map PyTorch key {key!r} to {flax_module}: {e}") from None
+    flat[tuple(flax_module.split("/")) + (flax_param,)] = array
+  if unused:
+    raise ValueError(f"Unused keys in the PyTorch state dict: {unused[:8]}; is this a DiT "
+                     "checkpoint matching the model?")
+  _check_against_model(flat, model, image_size, num_channels, "PyTorch state dict")
+  return _nest(flat)
+
+
 def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: int,
                             num_channels: int) -> Dict:
-  """Map a score_sde_pytorch state dict to the `params` tree of `model` (NCSNpp or DDPM).
+  """Map a score_sde_pytorch (NCSNpp, DDPM) or facebookresearch/DiT (DiT) state dict to the
+  `params` tree of `model`.
 
   Conv weights go OIHW -> HWIO, Linear (out, in) -> (in, out), GroupNorm weight -> scale; NIN and
   the frozen Fourier W keep their layout. The `sigmas` buffer is checked against the model's
-  sigma_min, sigma_max and num_scales. Every parameter of the model must be present and every
-  tensor must be used.
+  sigma_min, sigma_max and num_scales. DiT's patch-embedding conv becomes a Dense on patchified
+  input and its `pos_embed` buffer is checked against the fixed embedding. Every parameter of the
+  model must be present and every tensor must be used.
   """
   state_dict = strip_module_prefix(dict(state_dict))
+  if isinstance(model, dit_lib.DiT):
+    return _from_dit_state_dict(state_dict, model, image_size, num_channels)
   modules = _pytorch_key_map(model, image_size)
   flat: Dict[Tuple[str, ...], np.ndarray] = {}
   unused = []
@@ -269,7 +339,8 @@ def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: in
 
 def from_pytorch_checkpoint(checkpoint: Dict[str, Any], model, *, image_size: int,
                             num_channels: int) -> Dict[str, Dict]:
-  """{'params', 'ema_params'} from a score_sde_pytorch checkpoint {'model', 'ema', ...}.
+  """{'params', 'ema_params'} from a score_sde_pytorch checkpoint {'model', 'ema', ...}, or from a
+  facebookresearch/DiT training checkpoint {'model', 'ema', 'opt', 'args'} for a DiT `model`.
 
   The EMA entry stores `shadow_params`, a list aligned with the model's trainable parameters in
   registration order (buffers and the frozen Fourier W excluded); the W comes from `model`.
@@ -280,6 +351,10 @@ def from_pytorch_checkpoint(checkpoint: Dict[str, Any], model, *, image_size: in
   model_sd = strip_module_prefix(dict(checkpoint["model"]))
   inputs = dict(image_size=image_size, num_channels=num_channels)
   out = {"params": from_pytorch_state_dict(model_sd, model, **inputs)}
+  if isinstance(model, dit_lib.DiT):  # DiT's train.py stores the EMA as a whole state dict
+    if "ema" in checkpoint:
+      out["ema_params"] = from_pytorch_state_dict(checkpoint["ema"], model, **inputs)
+    return out
   if "ema" in checkpoint:
     shadow = list(checkpoint["ema"]["shadow_params"])
     trainable = [k for k in model_sd if k != "sigmas" and not re.fullmatch(r"all_modules\.0\.W", k)]

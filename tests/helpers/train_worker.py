@@ -2,12 +2,13 @@
 
   python -m tests.helpers.train_worker OUT_NPZ WORKDIR N_ITERS [--coordinator HOST:PORT
       --num_processes P --process_id I] [--kill_at STEP --kill_when saving|saved]
-      [--sigterm_at STEP]
+      [--sigterm_at STEP] [--dit]
 
 Writes the final parameters and the logged per-step losses to OUT_NPZ (from process 0).
 With --kill_at, the process SIGKILLs itself at the save of STEP: right after the writes started
 (`saving`) or once they are committed (`saved`), a preemption at a known point. With --sigterm_at,
-it sends itself SIGTERM after STEP and exits with the code of `loop.Preempted` (143).
+it sends itself SIGTERM after STEP and exits with the code of `loop.Preempted` (143). With --dit,
+the job trains `tiny_dit_config` instead of `tiny_config`.
 """
 import argparse
 import logging
@@ -20,7 +21,7 @@ import numpy as np
 
 from score_sde.experiment import distributed, loop, train
 from score_sde.io import checkpointing, logging_utils
-from tests.helpers.tiny_config import tiny_config
+from tests.helpers.tiny_config import tiny_config, tiny_dit_config
 
 
 def _kill_at(step, ckpts, args):
@@ -42,6 +43,7 @@ def main():
   parser.add_argument("--kill_at", type=int)
   parser.add_argument("--kill_when", choices=["saving", "saved"], default="saved")
   parser.add_argument("--sigterm_at", type=int)
+  parser.add_argument("--dit", action="store_true")
   args = parser.parse_args()
   if args.sigterm_at is not None:
     loop.after_step = lambda step: step == args.sigterm_at and os.kill(os.getpid(), signal.SIGTERM)
@@ -49,7 +51,7 @@ def main():
     checkpointing.after_save_started = lambda step, ckpts: _kill_at(step, ckpts, args)
   logging.basicConfig(level=logging.WARNING)
   distributed.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  config = tiny_config()
+  config = tiny_dit_config() if args.dit else tiny_config()
   config.training.n_iters = args.n_iters
   config.training.snapshot_freq_for_preemption = args.preemption_freq
   try:
