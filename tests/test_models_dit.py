@@ -204,10 +204,10 @@ def test_tiny_dit_trains_from_a_config_and_samples_with_guidance(tmp_path):
   state = train.train(config, workdir)
   assert int(state.step) == 2
   assert "y_embedder" in state.params
-  path = generate.sample(config, workdir)  # PC (Euler-Maruyama) with classifier-free guidance
-  shards = [f for f in os.listdir(path) if f.endswith(".npz")]
-  with np.load(os.path.join(path, shards[0])) as shard:
+  grid = generate.sample(config, workdir)  # PC (Euler-Maruyama) with classifier-free guidance
+  with np.load(os.path.join(os.path.dirname(grid), "samples_0.npz")) as shard:
     assert shard["samples"].shape == (4, 8, 8, 1) and shard["samples"].std() > 0
+    np.testing.assert_array_equal(shard["labels"], [0, 1, 2, 3])  # labels cycle through classes
 
 
 def _train_dit(out, workdir, n_devices):
