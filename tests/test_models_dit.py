@@ -119,6 +119,14 @@ def test_dit_training_checkpoint_gives_params_and_ema(tmp_path):
                                 state_dict["blocks.1.attn.qkv.weight"].T * 0.5)
 
 
+def test_released_dit_file_is_a_bare_ema_state_dict():
+  state_dict = torch_pickle.load_torch_state_dict(FIXTURE + ".pth")
+  out = convert.from_pytorch_checkpoint(state_dict, _fixture_model(), image_size=8, num_channels=4)
+  np.testing.assert_array_equal(out["ema_params"]["y_embedder"]["embedding"],
+                                state_dict["y_embedder.embedding_table.weight"])
+  jax.tree.map(np.testing.assert_array_equal, out["params"], out["ema_params"])
+
+
 def test_pos_embed_is_a_constant_not_a_parameter():
   model = DiT(patch_size=2, hidden_size=32, depth=1, num_heads=4)
   params = _init(model, (1, 8, 8, 3))

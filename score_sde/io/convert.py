@@ -340,11 +340,17 @@ def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: in
 def from_pytorch_checkpoint(checkpoint: Dict[str, Any], model, *, image_size: int,
                             num_channels: int) -> Dict[str, Dict]:
   """{'params', 'ema_params'} from a score_sde_pytorch checkpoint {'model', 'ema', ...}, or from a
-  facebookresearch/DiT training checkpoint {'model', 'ema', 'opt', 'args'} for a DiT `model`.
+  facebookresearch/DiT training checkpoint {'model', 'ema', 'opt', 'args'} for a DiT `model`, or
+  a released DiT state dict (its EMA weights, used for both entries).
 
   The EMA entry stores `shadow_params`, a list aligned with the model's trainable parameters in
   registration order (buffers and the frozen Fourier W excluded); the W comes from `model`.
   """
+  if isinstance(model, dit_lib.DiT) and "model" not in checkpoint:
+    # A released DiT file (DiT-XL-2-256x256.pt) is a bare state dict of the EMA weights.
+    params = from_pytorch_state_dict(checkpoint, model, image_size=image_size,
+                                     num_channels=num_channels)
+    return {"params": params, "ema_params": jax.tree.map(np.copy, params)}
   if "model" not in checkpoint:
     raise ValueError("Expected a score_sde_pytorch checkpoint with a 'model' entry; for a bare "
                      "state dict call from_pytorch_state_dict.")
