@@ -1,5 +1,6 @@
 """DiT (score_sde/models/dit.py): parameter counts and output parity with facebookresearch/DiT,
 adaLN-Zero, patchify, the null class, bf16 compute, and DiT through training, sampling and sharding."""
+import math
 import os
 import subprocess
 import sys
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 
 from configs import architectures
-from score_sde.experiment import builders, generate, train
+from score_sde.experiment import builders, cli, evaluation, generate, train
 from score_sde.io import convert, torch_pickle
 from score_sde.models import dit as dit_lib
 from score_sde.models.dit import DiT
+from score_sde.samplers import SAMPLERS
 from tests.helpers import torch_save
 from tests.helpers.tiny_config import tiny_dit_config
+from tests.test_sampler_configs import FAST_OPTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "dit_small")
@@ -216,6 +219,50 @@ def test_tiny_dit_trains_from_a_config_and_samples_with_guidance(tmp_path):
   with np.load(os.path.join(os.path.dirname(grid), "samples_0.npz")) as shard:
     assert shard["samples"].shape == (4, 8, 8, 1) and shard["samples"].std() > 0
     np.testing.assert_array_equal(shard["labels"], [0, 1, 2, 3])  # labels cycle through classes
+
+
+@pytest.fixture(scope="module")
+def trained_dit(tmp_path_factory):
+  """Unconditional tiny DiTs trained 2 steps on VP (DSM) and VE."""
+  workdirs = {}
+  for sde in ("vpsde", "vesde"):
+    workdirs[sde] = str(tmp_path_factory.mktemp(f"dit_{sde}"))
+    train.train(_unguided_config(sde), workdirs[sde])
+  return workdirs
+
+
+def _unguided_config(sde, **sampling):
+  config = tiny_dit_config()
+  config.model.num_classes = 0
+  config.sampling.guidance = "none"
+  config.training.sde = sde
+  config.training.n_iters = 2
+  config.training.snapshot_freq = 2
+  config.eval.num_samples = 4
+  config.eval.batch_size = 4
+  config.sampling.update(sampling)
+  return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(SAMPLERS))
+def test_every_sampler_runs_a_dit_from_the_config(trained_dit, method):
+  sde = "vesde" if method == "ald" else "vpsde"  # annealed Langevin anneals VE noise levels
+  config = _unguided_config(sde, method=method, **FAST_OPTIONS[method])
+  grid = cli.MODES["sample"](config, trained_dit[sde])
+  with np.load(os.path.join(os.path.dirname(grid), "samples_0.npz")) as shard:
+    assert shard["samples"].shape == (4, 8, 8, 1) and shard["samples"].std() > 0
+
+
+@pytest.mark.slow
+def test_dit_evaluates_loss_likelihood_and_fdd(trained_dit):
+  config = _unguided_config("vpsde")
+  config.eval.begin_ckpt = config.eval.end_ckpt = 1
+  config.eval.bpd_num_repeats = 1
+  config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2
+  report = evaluation.evaluate(config, trained_dit["vpsde"])[2]
+  assert math.isfinite(report["eval_loss"]) and 0 < report["bpd"] < 30
+  assert report["fdd"]["num_samples"] == 4
 
 
 def _train_dit(out, workdir, n_devices):
