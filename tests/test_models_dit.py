@@ -1,5 +1,6 @@
 """DiT (score_sde/models/dit.py): parameter counts and output parity with facebookresearch/DiT,
 adaLN-Zero, patchify, the null class, bf16 compute, and DiT through training, sampling and sharding."""
+import functools
 import math
 import os
 import subprocess
@@ -47,14 +48,22 @@ def _preset_model(size, patch_size, **fields):
 
 def _init(model, shape, num_classes=0, key=0):
   kw = {"class_labels": jnp.full(shape[:1], num_classes, jnp.int32)} if num_classes else {}
-  return model.init(jax.random.PRNGKey(key), jnp.zeros(shape), jnp.ones(shape[:1]), train=False,
-                    **kw)["params"]
+  return jax.jit(lambda: model.init(jax.random.PRNGKey(key), jnp.zeros(shape), jnp.ones(shape[:1]),
+                                    train=False, **kw)["params"])()
 
 
-def _perturb(params, key, std=0.1):
+def _apply(model, params, x, labels, class_labels=None, train=False):
+  """The network, compiled once (faster than op-by-op dispatch)."""
+  kw = {} if class_labels is None else {"class_labels": class_labels}
+  return jax.jit(functools.partial(model.apply, train=train))({"params": params}, x, labels, **kw)
+
+
+def _perturb(params, seed, std=0.1):
+  """params + N(0, std²) noise, so the zero-initialised layers act."""
   leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(key), len(leaves))
-  return tree.unflatten([p + std * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  rng = np.random.default_rng(seed)
+  return tree.unflatten([np.asarray(p) + std * rng.standard_normal(p.shape, np.float32)
+                        for p in leaves])
 
 
 @pytest.mark.parametrize("size,patch_size", sorted(REFERENCE_COUNTS))
@@ -78,15 +87,14 @@ def test_reference_checkpoint_gives_the_reference_output():
   model = _fixture_model(return_sigma=True)
   params = convert.from_pytorch_state_dict(state_dict, model, image_size=8, num_channels=4)
   x = jnp.asarray(data["x"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
-  out = model.apply({"params": params}, x, jnp.asarray(data["t"]), train=False,
-                    class_labels=jnp.asarray(data["y"], jnp.int32))
+  out = _apply(model, params, x, jnp.asarray(data["t"]), jnp.asarray(data["y"], jnp.int32))
   want = data["out"].transpose(0, 2, 3, 1)  # [N, H, W, 2C]
   assert out.shape == want.shape == (4, 8, 8, 8)
   # Outputs are O(1) (max |out| ~2.3); float32 rounding over two blocks is ~1e-6.
   np.testing.assert_allclose(np.asarray(out), want, atol=1e-5, rtol=0)
   # Without return_sigma the network gives the first C channels, what the score parametrisations read.
-  eps = _fixture_model().apply({"params": params}, x, jnp.asarray(data["t"]), train=False,
-                               class_labels=jnp.asarray(data["y"], jnp.int32))
+  eps = _apply(_fixture_model(), params, x, jnp.asarray(data["t"]),
+               jnp.asarray(data["y"], jnp.int32))
   np.testing.assert_array_equal(np.asarray(eps), np.asarray(out)[..., :4])
 
 
@@ -144,8 +152,7 @@ def test_adaln_zero_output_is_exactly_zero_at_initialisation():
   model = DiT(patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=10, learn_sigma=True)
   params = _init(model, (2, 8, 8, 3), num_classes=10)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
-  out = model.apply({"params": params}, x, jnp.array([3.0, 999.0]), train=True,
-                    class_labels=jnp.array([1, 10]))
+  out = _apply(model, params, x, jnp.array([3.0, 999.0]), jnp.array([1, 10]), train=True)
   assert out.shape == (2, 8, 8, 3)  # learn_sigma: the first C of 2C channels
   assert np.all(np.asarray(out) == 0.0)
 
@@ -162,14 +169,13 @@ def test_patchify_unpatchify_round_trip(shape, p):
 
 def test_null_class_and_noise_labels_of_every_parametrisation():
   model = DiT(patch_size=2, hidden_size=32, depth=1, num_heads=4, num_classes=10)
-  params = _perturb(_init(model, (1, 8, 8, 1), num_classes=10), key=2)
+  params = _perturb(_init(model, (1, 8, 8, 1), num_classes=10), seed=2)
   x = jax.random.normal(jax.random.PRNGKey(3), (4, 8, 8, 1))
   # VP 999 t, VE σ, EDM/consistency ln(σ)/4 (negative).
   labels = jnp.array([999.0 * 0.3, 25.0, jnp.log(0.002) / 4, 0.0])
 
   def apply(y):
-    return np.asarray(model.apply({"params": params}, x, labels, train=False,
-                                  class_labels=jnp.full((4,), y, jnp.int32)))
+    return np.asarray(_apply(model, params, x, labels, jnp.full((4,), y, jnp.int32)))
 
   null, three = apply(10), apply(3)
   assert np.all(np.isfinite(null)) and np.all(np.isfinite(three))
@@ -180,14 +186,14 @@ def test_null_class_and_noise_labels_of_every_parametrisation():
 
 def test_bf16_compute_keeps_float32_parameters():
   fields = dict(patch_size=2, hidden_size=32, depth=2, num_heads=4)
-  params = _perturb(_init(DiT(**fields), (2, 8, 8, 3)), key=4)
+  params = _perturb(_init(DiT(**fields), (2, 8, 8, 3)), seed=4)
   model = DiT(**fields, dtype=jnp.bfloat16)
   init = _init(model, (2, 8, 8, 3))
   assert {p.dtype for p in jax.tree.leaves(init)} == {jnp.dtype(jnp.float32)}
   x = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
   labels = jnp.array([10.0, 500.0])
-  out = model.apply({"params": params}, x, labels, train=False)
-  ref = DiT(**fields).apply({"params": params}, x, labels, train=False)
+  out = _apply(model, params, x, labels)
+  ref = _apply(DiT(**fields), params, x, labels)
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=0.1 * float(jnp.abs(ref).max()))
   assert not np.array_equal(np.asarray(out), np.asarray(ref))  # really computed in bf16
