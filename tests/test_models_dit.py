@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs import architectures
-from score_sde.experiment import builders, cli, evaluation, generate, train
-from score_sde.io import convert, torch_pickle
+from score_sde.experiment import builders, cli, convert_cli, evaluation, generate, train
+from score_sde.io import checkpointing, convert, torch_pickle
 from score_sde.models import dit as dit_lib
 from score_sde.models.dit import DiT
 from score_sde.samplers import SAMPLERS
@@ -136,6 +136,36 @@ def test_released_dit_file_is_a_bare_ema_state_dict():
   np.testing.assert_array_equal(out["ema_params"]["y_embedder"]["embedding"],
                                 state_dict["y_embedder.embedding_table.weight"])
   jax.tree.map(np.testing.assert_array_equal, out["params"], out["ema_params"])
+
+
+FIXTURE_CONFIG = """
+from tests.helpers.tiny_config import tiny_dit_config
+
+def get_config():
+  config = tiny_dit_config()
+  config.data.num_channels = 4
+  config.model.update(hidden_size=32, depth=2, num_heads=4, learn_sigma=True)
+  return config
+"""
+
+
+@pytest.mark.slow
+def test_convert_cli_writes_a_workdir_from_a_released_dit_file(tmp_path):
+  """score-sde-convert on a bare DiT state dict (the released files' layout): the work directory's
+  EMA parameters give the reference's output."""
+  config_file = tmp_path / "dit_fixture.py"
+  config_file.write_text(FIXTURE_CONFIG)
+  out = convert_cli.convert_main(["--config", str(config_file), "--source", FIXTURE + ".pth",
+                                  "--out", str(tmp_path / "wd")])
+  config = convert_cli._load_config(str(config_file))  # pylint: disable=protected-access
+  ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
+  init = builders.get_state_init(config)
+  state = ckpts.restore_latest(checkpointing.abstract_like(jax.eval_shape(init)))
+  data = np.load(FIXTURE + ".npz")
+  got = _apply(_fixture_model(return_sigma=True), state.ema_params,
+               jnp.asarray(data["x"].transpose(0, 2, 3, 1)), jnp.asarray(data["t"]),
+               jnp.asarray(data["y"], jnp.int32))
+  np.testing.assert_allclose(np.asarray(got), data["out"].transpose(0, 2, 3, 1), atol=1e-5, rtol=0)
 
 
 def test_pos_embed_is_a_constant_not_a_parameter():
