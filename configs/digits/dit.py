@@ -8,9 +8,11 @@ DiT-S/2's structure shrunk for a CPU: patch 2 (64 tokens), hidden 64, depth 4, 4
 parameters, the main job's DDPM++ has 317,121. Unconditional (num_classes 0; set
 --config.model.num_classes=10 for classifier-free guidance) and without the learned-σ channels,
 which no score parametrisation here reads.
-Expected: a run of the same length and sampler as the main job, ending with a digit grid in
-runs/digits_dit/samples/iter_2500.png and the test loss, bits/dim and Frechet Digits Distance in
-runs/digits_dit/eval/report_2500.json; not yet measured against DDPM++ (issue 13's comparison).
+Expected (one run, measured beside other jobs on 2 CPU cores): 2500 steps in about 9 minutes,
+a grid of mostly recognisable but blurrier digits than the main job's in
+runs/digits_dit/samples/iter_2500.png, and in runs/digits_dit/eval/report_2500.json (11 minutes)
+test loss 0.038, bits/dim 3.54, Frechet Digits Distance 23.7 (DDPM++ main job: 0.028, 2.72, 12.7).
+At this size and length the U-Net is ahead; the learning rate was not tuned.
 """
 import ml_collections
 
