@@ -159,6 +159,7 @@ def plot(rows: list[dict], figure: str) -> None:
     ax.errorbar([r["nfe"] for r in rs], [r["fdd"] for r in rs], yerr=[r["spread"] for r in rs],
                 marker="o", capsize=3, label=family)
   ax.set_xscale("log")
+  ax.set_yscale("log")  # 1-RF at one step is 30x the rest
   ax.set_xlabel("NFE (network evaluations per sample)")
   ax.set_ylabel("Fréchet Digits Distance")
   ax.legend(fontsize=8)
