@@ -79,6 +79,21 @@ SETTINGS = [
 ]
 
 
+def _run_overrides(name: str, runs_dir: str, quick: bool) -> dict:
+  """The overrides of run ``name``; with --quick also the tiny network, for CD's teacher too (a
+  config file in the runs folder that applies them to the main job's config)."""
+  overrides = dict(RUNS[name][2](runs_dir), **(QUICK if quick else {}))
+  if quick and name == "cd":
+    teacher = os.path.join(runs_dir, "quick_teacher_config.py")
+    with open(teacher, "w") as f:
+      f.write(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+              "from configs.digits import ddpmpp_vp_small\n\n\ndef get_config():\n"
+              "  config = ddpmpp_vp_small.get_config()\n"
+              + "".join(f"  config.{k} = {v!r}\n" for k, v in QUICK.items()) + "  return config\n")
+    overrides["consistency.teacher_config"] = teacher
+  return overrides
+
+
 def _flags(overrides: dict) -> list[str]:
   return [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
           for k, v in overrides.items()]
@@ -86,15 +101,14 @@ def _flags(overrides: dict) -> list[str]:
 
 def train_runs(runs_dir: str, quick: bool) -> None:
   """Trains (or resumes) every run through main.py; 1-RF's reflow pairs come before 2-RF."""
-  extra = QUICK if quick else {}
-  for name, (config_file, workdir, overrides) in RUNS.items():
+  for name, (config_file, workdir, _) in RUNS.items():
     workdir = os.path.join(runs_dir, workdir)
     modes = ["train"]
     if name == "rf":
       modes.append("reflow_pairs")
     for mode in modes:
       cmd = [sys.executable, "main.py", "--config", config_file, "--workdir", workdir, "--mode",
-             mode, *_flags({**overrides(runs_dir), **extra})]
+             mode, *_flags(_run_overrides(name, runs_dir, quick))]
       print("$", " ".join(cmd[1:]), flush=True)
       start = time.time()
       subprocess.run(cmd, cwd=ROOT, check=True)
@@ -114,11 +128,10 @@ def measure(runs_dir: str, num_samples: int, seeds: int, quick: bool) -> list[di
   classifier = dc.train_digits_classifier(seed=0, image_size=16)
   _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(16))
   reference = dc.digits_stats(x_test, classifier)
-  extra = QUICK if quick else {}
   rows, params_of = [], {}
   for label, run, sampling in SETTINGS:
-    config_file, workdir, overrides = RUNS[run]
-    config = load_config(config_file, {**overrides(runs_dir), **extra})
+    config_file, workdir, _ = RUNS[run]
+    config = load_config(config_file, _run_overrides(run, runs_dir, quick))
     for field, value in sampling.items():
       config.sampling[field] = value
     exp = builders.build_experiment(config)

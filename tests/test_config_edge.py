@@ -99,7 +99,7 @@ def test_refinenet_models_and_their_defaults():
 
 
 @pytest.mark.parametrize("config, message", [
-    (ncsnpp_config(name="unet"), r"config.model.name='unet' is not valid; choose one of \['ncsnpp', 'ddpm', 'ncsn',"),
+    (ncsnpp_config(name="unet"), r"config.model.name='unet' is not valid; choose one of \['ncsnpp', 'ddpm', 'dit', 'ncsn',"),
     (refinenet_config("ncsn", num_classes=10), "config.model.num_classes=10"),
     (refinenet_config("ncsnv2_64", image_size=128), "config.data.image_size=128"),
     (refinenet_config("ncsn", reference="tf"), r"config.model.reference='tf'"),
