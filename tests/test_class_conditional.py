@@ -94,6 +94,7 @@ def test_null_class_model_fn_feeds_the_null_label():
   np.testing.assert_array_equal(out, 7.0)
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores; the fast tier stays under 3 minutes
 def test_classifier_loss_is_minimised_by_the_exact_noisy_posterior(x64):
   """Cross-entropy is a proper scoring rule: the exact p_t(y | x) beats any perturbation of it.
 

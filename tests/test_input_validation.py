@@ -56,6 +56,7 @@ def test_a_broadcasting_score_output_is_refused(method):
     SAMPLERS[method](KEY, broadcasting, sde, (2, 3), **options)
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores; the fast tier stays under 3 minutes
 def test_nan_input_gets_nan_log_likelihood_and_the_rest_of_the_batch_is_exact(x64):
   sde = sde_lib.VPSDE()
   data = toy.gaussian(jnp.zeros(2), jnp.eye(2))

@@ -215,6 +215,7 @@ def test_flow_sampler_rejects_bad_options():
     SAMPLERS["flow"](jax.random.PRNGKey(0), score_fn, sde, (2, 2), eps=1.0)
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores; the fast tier stays under 3 minutes
 def test_likelihood_matches_the_mixture_density(x64):
   """log p from the probability-flow ODE with the exact score, corrected for the prior mismatch.
 
@@ -278,6 +279,7 @@ def _exact_velocity_model(sde):
   return model_fn
 
 
+@pytest.mark.slow  # 5-9 s each on 2 cores; the fast tier stays under 3 minutes
 @pytest.mark.parametrize("sde, time_sampling", [
     pytest.param(sde_lib.RectifiedFlow(T=0.5), "max", id="rf-t=0.5"),  # t = 0.5 for every sample
     pytest.param(sde_lib.RectifiedFlow(), "uniform", id="rf-uniform"),

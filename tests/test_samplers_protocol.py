@@ -130,6 +130,7 @@ def _class_scores(sde):
   return labelled, classes, mixture
 
 
+@pytest.mark.slow  # 5-10 s on 2 cores; the fast tier stays under 3 minutes
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_classifier_free_guidance_runs_through_every_sampler(name, x64):
   """A CFG score with per-sample labels y = (0, 1, 0, 1): row b equals the row of a run whose score
