@@ -67,6 +67,51 @@ def get_default_configs() -> ml_collections.ConfigDict:
   reflow.rtol = 1e-5
   reflow.atol = 1e-5
 
+  # KL autoencoder of latent diffusion (--mode train_autoencoder, into <workdir>/autoencoder;
+  # models/autoencoder.py, Rombach et al. 2022). Architecture (LDM's ddconfig) and the loss of LDM's
+  # LPIPSWithDiscriminator: rec_loss ('l1' | 'l2') + perceptual_weight * LPIPS (only from the local
+  # files lpips_vgg / lpips_lin, never downloaded) scaled by a learned log-variance, + kl_weight *
+  # KL, + disc_weight * adaptive weight * hinge generator loss from step disc_start (disc_start < 0:
+  # no discriminator).
+  config.autoencoder = autoencoder = ml_collections.ConfigDict()
+  autoencoder.ch = 128
+  autoencoder.ch_mult = (1, 2, 4, 4)
+  autoencoder.num_res_blocks = 2
+  autoencoder.attn_resolutions = ()
+  autoencoder.z_channels = 4
+  autoencoder.embed_dim = 4
+  autoencoder.num_groups = 32
+  autoencoder.dropout = 0.0
+  autoencoder.rec_loss = "l1"
+  autoencoder.kl_weight = 1e-6
+  autoencoder.perceptual_weight = 0.0
+  autoencoder.lpips_vgg = placeholder(str)  # torchvision's vgg16-397923af.pth
+  autoencoder.lpips_lin = placeholder(str)  # lpips' weights/v0.1/vgg.pth
+  autoencoder.logvar_init = 0.0
+  autoencoder.disc_start = 50001
+  autoencoder.disc_weight = 0.5
+  autoencoder.disc_ndf = 64
+  autoencoder.disc_layers = 3
+  autoencoder.batch_size = 12
+  autoencoder.n_iters = 100000
+  autoencoder.lr = 4.5e-6 * 12  # LDM: base_learning_rate x batch size
+  autoencoder.beta1 = 0.5
+  autoencoder.beta2 = 0.9
+  autoencoder.log_freq = 100
+  autoencoder.eval_freq = 1000
+  autoencoder.snapshot_freq = 10000
+  autoencoder.snapshot_freq_for_preemption = 1000
+  autoencoder.num_recon = 16  # images in each reconstruction grid
+  autoencoder.scale_num_images = 1024  # encoded training images behind the latent scale factor
+
+  # Latent diffusion: a score model on the latents of the autoencoder trained (or imported) into
+  # <autoencoder_workdir>/autoencoder. scale_factor 0: 1/std of the encoded training latents, computed
+  # when that autoencoder finished training and stored beside its checkpoint (LDM's scale_by_std);
+  # > 0: this factor (Stable Diffusion's VAE: 0.18215).
+  config.latent = latent = ml_collections.ConfigDict()
+  latent.autoencoder_workdir = placeholder(str)
+  latent.scale_factor = 0.0
+
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
   sampling.noise_removal = True

@@ -350,13 +350,14 @@ def sampler_options(config, sample_fn: Callable) -> dict:
 
 
 def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
-                classifier_fn=None) -> Callable:
+                classifier_fn=None, decode: Callable | None = None) -> Callable:
   """``sample(key, params, batch_size, labels=None, classifier_params=None) -> (x, info)``, jitted.
 
   ``config.sampling.method`` picks the sampler of ``samplers.SAMPLERS``; its options come from
   config.sampling (`sampler_options`). The model follows ``guidance`` (`guided_model`);
   ``classifier_fn(classifier_params, x_in, sigma) -> logits`` is needed for classifier guidance.
-  ``batch_size`` is static: one compilation per batch size.
+  ``batch_size`` is static: one compilation per batch size. ``decode`` (latent diffusion) maps the
+  sampler's output to images inside the same compiled function.
   """
   method = config.sampling.method.lower()
   check_choice(method, SAMPLERS, "config.sampling.method")
@@ -371,7 +372,8 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
       logits_fn = lambda x_in, sigma: classifier_fn(classifier_params, x_in, sigma)
     model = guided_model(guidance, sde, network_model, model_fn, params, num_classes=k,
                          labels=labels, classifier_logits_fn=logits_fn)
-    return sample_fn(key, model, sde, (batch_size, *image_shape), **options)
+    x, info = sample_fn(key, model, sde, (batch_size, *image_shape), **options)
+    return (x if decode is None else decode(x)), info
 
   return jax.jit(sample, static_argnames="batch_size")
 
@@ -462,6 +464,42 @@ def get_reference_options(config) -> ReferenceOptions:
                           num_images=e.fid_stats_num_images, batch_size=e.inception_batch_size)
 
 
+# --- the autoencoder of latent diffusion ----------------------------------------------------------
+
+def get_autoencoder_options(config):
+  """config.autoencoder (and the data it trains on) as `autoencoder.AutoencoderOptions`."""
+  from score_sde.experiment import autoencoder  # pylint: disable=import-outside-toplevel
+
+  a = config.autoencoder
+  check_choice(a.rec_loss, autoencoder.REC_LOSSES, "config.autoencoder.rec_loss")
+  if a.perceptual_weight > 0 and not (a.lpips_vgg and a.lpips_lin):
+    raise ValueError("config.autoencoder.perceptual_weight > 0 needs LPIPS from local files: set "
+                     "config.autoencoder.lpips_vgg (torchvision's vgg16-397923af.pth) and "
+                     "lpips_lin (lpips' weights/v0.1/vgg.pth); nothing is downloaded.")
+  factor = 2 ** (len(a.ch_mult) - 1)
+  if config.data.image_size % factor:
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by the "
+                     f"autoencoder's downsampling factor {factor} (2^(len(ch_mult) - 1)).")
+  widths = [a.ch * m for m in a.ch_mult]
+  if any(w % a.num_groups for w in widths):
+    raise ValueError(f"config.autoencoder.num_groups={a.num_groups} must divide every width "
+                     f"ch * ch_mult = {widths}.")
+  model = dict(ch=a.ch, out_ch=config.data.num_channels, ch_mult=tuple(a.ch_mult),
+               num_res_blocks=a.num_res_blocks, attn_resolutions=tuple(a.attn_resolutions),
+               z_channels=a.z_channels, embed_dim=a.embed_dim, num_groups=a.num_groups,
+               dropout=a.dropout)
+  disc = dict(ndf=a.disc_ndf, n_layers=a.disc_layers) if a.disc_start >= 0 else None
+  spec = autoencoder.spec_from_fields(model, disc, data_spec(config), config.data.centered)
+  return autoencoder.AutoencoderOptions(
+      spec=spec, rec_loss=a.rec_loss, kl_weight=a.kl_weight,
+      perceptual_weight=a.perceptual_weight, lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin,
+      logvar_init=a.logvar_init, disc_start=a.disc_start, disc_weight=a.disc_weight,
+      batch_size=a.batch_size, n_iters=a.n_iters, lr=a.lr, beta1=a.beta1, beta2=a.beta2,
+      log_freq=a.log_freq, eval_freq=a.eval_freq, snapshot_freq=a.snapshot_freq,
+      snapshot_freq_for_preemption=a.snapshot_freq_for_preemption, num_recon=a.num_recon,
+      scale_num_images=a.scale_num_images)
+
+
 # --- the experiment -----------------------------------------------------------------------------
 
 def root_keys(config) -> tuple[jax.Array, ...]:
@@ -470,16 +508,18 @@ def root_keys(config) -> tuple[jax.Array, ...]:
   return (root_key, *jax.random.split(root_key, 4))
 
 
-def get_state_init(config, module=None, optimizer=None) -> Callable[[], training.TrainState]:
+def get_state_init(config, module=None, optimizer=None,
+                   input_shape=None) -> Callable[[], training.TrainState]:
   """``init() -> TrainState`` of the config's network and optimiser, replicated over the data mesh.
 
   Reads only config.seed, .data (image size, channels), .model and .optim, so that a checkpoint
-  converter can use it with a reference config.
+  converter can use it with a reference config; ``input_shape`` [H, W, C] overrides the data's
+  (the latent shape of latent diffusion).
   """
   module = get_model(config) if module is None else module
   optimizer = get_optimizer(config) if optimizer is None else optimizer
   d = config.data
-  shape = (1, d.image_size, d.image_size, d.num_channels)
+  shape = (1, *(input_shape or (d.image_size, d.image_size, d.num_channels)))
   with_target = objective(config) in consistency.OBJECTIVES
   init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
                                                        num_classes(config), with_target),
@@ -498,18 +538,75 @@ def check_config(config) -> None:
     raise ValueError(f"config.training.loss={objective(config)!r} trains a consistency function, "
                      "which defines no probability-flow ODE and hence no likelihood: set "
                      "config.eval.enable_bpd=False.")
+  size, size_name = config.data.image_size, f"config.data.image_size={config.data.image_size}"
+  if is_latent(config):
+    _check_latent(config)
+    size = latent_shape(config)[0]
+    size_name = f"the latent size {size} of config.latent.autoencoder_workdir"
   m = config.model
-  if m.name == "dit" and config.data.image_size % m.patch_size:
-    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
-                     f"config.model.patch_size={m.patch_size} (DiT patchifies the image).")
+  if m.name == "dit" and size % m.patch_size:
+    raise ValueError(f"{size_name} must be divisible by config.model.patch_size={m.patch_size} "
+                     "(DiT patchifies its input).")
   if m.name in ("ncsnpp", "ddpm"):
-    reached = [config.data.image_size // 2**i for i in range(len(m.ch_mult))]
+    reached = [size // 2**i for i in range(len(m.ch_mult))]
     unreached = [r for r in m.attn_resolutions if r not in reached]
     if unreached:
       raise ValueError(f"config.model.attn_resolutions={tuple(m.attn_resolutions)} names "
-                       f"{unreached}, which the network never reaches with config.data.image_size="
-                       f"{config.data.image_size} and ch_mult={tuple(m.ch_mult)} (it reaches "
-                       f"{reached}); the attention blocks would silently be dropped.")
+                       f"{unreached}, which the network never reaches with {size_name} and "
+                       f"ch_mult={tuple(m.ch_mult)} (it reaches {reached}); the attention blocks "
+                       "would silently be dropped.")
+
+
+def is_latent(config) -> bool:
+  """Whether the score model is trained on an autoencoder's latents (config.latent)."""
+  return bool(config.get("latent", {}).get("autoencoder_workdir"))
+
+
+def latent_shape(config) -> tuple[int, int, int]:
+  from score_sde.experiment import autoencoder  # pylint: disable=import-outside-toplevel
+
+  return autoencoder.latent_shape(autoencoder.read_spec(
+      os.path.join(config.latent.autoencoder_workdir, "autoencoder")))
+
+
+def _check_latent(config) -> None:
+  """What latent diffusion does not offer, refused before any work."""
+  refused = {
+      "config.eval.enable_bpd=True": config.eval.enable_bpd,
+      "config.sampling.guidance='classifier'": config.sampling.guidance == "classifier",
+      "config.data.dataset='pairs'": config.data.dataset.lower() == "pairs",
+  }
+  for setting, on in refused.items():
+    if on:
+      raise ValueError(f"{setting} is not available in latent diffusion "
+                       "(config.latent.autoencoder_workdir is set): the probability-flow "
+                       "likelihood would be of the scaled latents, not of the data, and the "
+                       "classifier and reflow pairs live in image space. Turn it off.")
+
+
+def get_latent_space(config):
+  """The `latent.LatentSpace` of config.latent, or None in pixel space."""
+  if not is_latent(config):
+    return None
+  from score_sde.experiment import latent  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  return latent.load_latent_space(config.latent.autoencoder_workdir, config.latent.scale_factor,
+                                  image_size=d.image_size, num_channels=d.num_channels,
+                                  centered=d.centered,
+                                  replicated=distributed.replicated(distributed.data_mesh()))
+
+
+def _encoding_loss(loss_fn: Callable, latent_space) -> Callable:
+  """``loss_fn`` on the scaled latents of the image batch it is given, encoded on the fly."""
+  if latent_space is None:
+    return loss_fn
+
+  def loss(params, key, images, *args, **kwargs):
+    encode_key, key = jax.random.split(key)
+    return loss_fn(params, key, latent_space.encode(encode_key, images), *args, **kwargs)
+
+  return loss
 
 
 def build_experiment(config, *, guidance: str | None = None) -> Experiment:
@@ -522,27 +619,34 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   model_fn = training.linen_model_fn(module)
   optimizer = get_optimizer(config)
   root_key, _, train_key, eval_key, sample_key = root_keys(config)
-  image_shape = (data.image_size, data.image_size, data.num_channels)
+  latent_space = get_latent_space(config)
+  model_shape = (latent_space.shape if latent_space is not None
+                 else (data.image_size, data.image_size, data.num_channels))
   classifier_module = get_classifier(config)
   classifier_fn = classifier_training.get_classifier_fn(classifier_module)
   guidance = get_guidance(config, guidance)
+  sampler_spec = get_sampler_spec(config, guidance)
+  if latent_space is not None:
+    sampler_spec["latent"] = latent_space.describe()
   return Experiment(
       mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
       unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,
       network_model=get_network_model(config, sde), optimizer=optimizer,
       scaler=get_data_scaler(config), inverse_scaler=get_data_inverse_scaler(config),
       seed=config.seed, root_key=root_key, train_key=train_key, eval_key=eval_key,
-      sample_key=sample_key, init_state=get_state_init(config, module, optimizer),
-      train_loss=get_loss_fn(config, sde, model_fn, train=True),
-      eval_loss=get_loss_fn(config, sde, model_fn, train=False),
+      sample_key=sample_key, init_state=get_state_init(config, module, optimizer, model_shape),
+      train_loss=_encoding_loss(get_loss_fn(config, sde, model_fn, train=True), latent_space),
+      eval_loss=_encoding_loss(get_loss_fn(config, sde, model_fn, train=False), latent_space),
       guidance=guidance,
-      sampler=get_sampler(config, sde, model_fn, image_shape, guidance, classifier_fn),
-      sampler_spec=get_sampler_spec(config, guidance),
+      sampler=get_sampler(config, sde, model_fn, model_shape, guidance, classifier_fn,
+                          decode=latent_space.decode if latent_space is not None else None),
+      sampler_spec=sampler_spec,
       pc_options=sampler_options(config, SAMPLERS["pc"]),
       classifier_module=classifier_module, classifier_fn=classifier_fn,
       dataset=functools.partial(get_dataset, config), data=data,
       training=get_train_options(config), classifier=get_classifier_options(config),
-      eval=get_eval_options(config), reference=get_reference_options(config))
+      eval=get_eval_options(config), reference=get_reference_options(config),
+      latent=latent_space)
 
 
 def build_training_experiment(config) -> Experiment:

@@ -38,6 +38,7 @@ MODES = {
     "colorize": _mode("controllable_io", "colorize", "input"),
     "train_classifier": _mode("train", "train_classifier"),
     "reflow_pairs": _mode("reflow", "reflow_pairs"),
+    "train_autoencoder": _mode("autoencoder", "train_autoencoder"),
 }
 NEEDS_INPUT = ("inpaint", "colorize")
 
@@ -54,7 +55,9 @@ flags.DEFINE_enum("mode", "train", list(MODES),
                   "versions of the images under --input; train_classifier: the noise-conditional "
                   "classifier of classifier guidance (config.classifier), into workdir/classifier; "
                   "reflow_pairs: (noise, data) couplings of the newest checkpoint's probability-flow "
-                  "ODE, into workdir/reflow_pairs, to train a rectified flow on (config.reflow).")
+                  "ODE, into workdir/reflow_pairs, to train a rectified flow on (config.reflow); "
+                  "train_autoencoder: the KL autoencoder of latent diffusion (config.autoencoder), "
+                  "into workdir/autoencoder, which config.latent.autoencoder_workdir then names.")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "

@@ -92,6 +92,7 @@ def inpaint(config, workdir: str, input_path: str, mask: str) -> str:
   result, input). Sampler options come from config.sampling (PC fields).
   """
   exp = builders.build_experiment(config)
+  exp.require_pixel_space("--mode inpaint")
   step, params = latest_params(exp, workdir)
   files, images = _read_inputs(input_path, exp.data.image_size, exp.data.num_channels)
   keep = load_mask(mask, exp.data.image_size)
@@ -118,6 +119,7 @@ def colorize(config, workdir: str, input_path: str) -> str:
   <file>.png and grid.png (rows: gray input, result, input).
   """
   exp = builders.build_experiment(config)
+  exp.require_pixel_space("--mode colorize")
   if exp.data.num_channels != 3:
     raise ValueError(f"Colorization needs a model of colour images (config.data.num_channels=3); "
                      f"this config has {exp.data.num_channels} channel(s).")

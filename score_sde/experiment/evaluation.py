@@ -153,6 +153,7 @@ def _checkpoint_report(exp: Experiment, params, step: int, ckpt: int, eval_dir: 
 def likelihood(config, workdir: str) -> float:
   """Bits/dim of the newest checkpoint on the test split; written to workdir/likelihood_<step>.json."""
   exp = builders.build_experiment(config)
+  exp.require_pixel_space("--mode likelihood (bits/dim of the data)")
   step, params = latest_params(exp, workdir)
   bpd = bits_per_dim(exp, params, jax.random.fold_in(exp.eval_key, step))
   atomic_json(os.path.join(workdir, f"likelihood_{step}.json"), {"step": step, "bpd": bpd})

@@ -126,6 +126,9 @@ class Experiment:
   classifier: ClassifierOptions | None
   eval: EvalOptions
   reference: ReferenceOptions
+  # Latent diffusion (experiment/latent.py): the autoencoder whose scaled latents the score model
+  # sees; losses encode, samplers decode. None in pixel space.
+  latent: Any = None
 
   @property
   def replicated(self) -> NamedSharding:
@@ -134,6 +137,18 @@ class Experiment:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return (self.data.image_size, self.data.image_size, self.data.num_channels)
+
+  @property
+  def model_shape(self) -> tuple[int, int, int]:
+    """[H, W, C] of the score network's input: the image, or its latent in latent diffusion."""
+    return self.latent.shape if self.latent is not None else self.image_shape
+
+  def require_pixel_space(self, what: str) -> None:
+    """Refuses ``what`` (a mode working on images directly) for a latent-diffusion experiment."""
+    if self.latent is not None:
+      raise ValueError(f"{what} works in image space, but this config trains on the latents of "
+                       f"{self.latent.workdir} (config.latent.autoencoder_workdir); use a "
+                       "pixel-space config.")
 
   def unconditional_model(self, params):
     """The sampler-ready model of ``params``; a class-conditional network uses its null class."""
@@ -161,7 +176,7 @@ class Experiment:
   def generate(self, key, params, batch_size: int, offset: int = 0, classifier_params: Any = None):
     """A batch of the configured sampler, guided per ``self.guidance``.
 
-    Returns (x [B, H, W, C] in model space, class labels [B] or None). ``offset`` is the index of
+    Returns (x [B, H, W, C] in model space, decoded in latent diffusion; class labels [B] or None). ``offset`` is the index of
     the batch's first sample in the run, so cycling labels stay balanced across batches.
     """
     labels = self.guidance.labels(batch_size, offset)

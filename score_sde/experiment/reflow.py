@@ -33,6 +33,7 @@ def reflow_pairs(config, workdir: str) -> str:
   """Writes config.reflow.num_pairs couplings of the newest checkpoint of ``workdir`` to
   workdir/reflow_pairs in shards of config.eval.batch_size; returns the folder."""
   exp = builders.build_experiment(config)
+  exp.require_pixel_space("--mode reflow_pairs")
   step, params = latest_params(exp, workdir)
   r = config.reflow
   options = {"rtol": r.rtol, "atol": r.atol, "solver": r.solver}
