@@ -155,16 +155,16 @@ def make_train_step(spec: dict, opts: AutoencoderOptions, optimizer, perceptual_
     (nll, kl, g), vjp, aux = jax.vjp(
         lambda p: terms(p, state.disc_params, images, key), state.params, has_aux=True)
     one, zero = jnp.ones(()), jnp.zeros(())
-    grad_nll, = vjp((one, zero, zero))
-    grad_kl, = vjp((zero, one, zero))
-    grads = jax.tree.map(lambda a, b: a + opts.kl_weight * b, grad_nll, grad_kl)
+    # The KL term depends on the encoder only, so at the decoder's last layer these gradients are
+    # those of the reconstruction term alone, which the adaptive weight needs.
+    grads, = vjp((one, jnp.asarray(opts.kl_weight, jnp.float32), zero))
     metrics = {"nll": nll, "kl": kl, "rec_loss": aux["rec_loss"], "logvar": state.params["logvar"]}
     loss = nll + opts.kl_weight * kl
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if disc:
       grad_g, = vjp((zero, zero, one))
       last = lambda tree: tree["autoencoder"]["decoder"]["conv_out"]["kernel"]
-      d_weight = jnp.clip(_global_norm(last(grad_nll)) / (_global_norm(last(grad_g)) + 1e-4),
+      d_weight = jnp.clip(_global_norm(last(grads)) / (_global_norm(last(grad_g)) + 1e-4),
                           0.0, 1e4) * opts.disc_weight
       disc_factor = (state.step >= opts.disc_start).astype(jnp.float32)
       grads = jax.tree.map(lambda a, b: a + d_weight * disc_factor * b, grads, grad_g)
