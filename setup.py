@@ -24,6 +24,7 @@ setup(
         "scikit-learn>=1.3",
         "absl-py>=2.0",
         "matplotlib>=3.7",
+        "safetensors>=0.4",  # io/convert.py: diffusers .safetensors checkpoints (SD-VAE import)
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5"],

@@ -6,12 +6,18 @@
 * facebookresearch/DiT state dicts (released `DiT-XL-2-*.pt` files, and `model`/`ema` of its
   training checkpoints): the same two functions, dispatched on the model type.
 * yang-song/score_sde (JAX/Flax) `checkpoint_N` msgpack files: `from_flax_checkpoint`.
+* The KL autoencoder of latent diffusion / Stable Diffusion (`models.autoencoder.AutoencoderKL`),
+  from a CompVis/LDM `.ckpt` (a bare VAE state dict or a whole SD checkpoint, whose VAE is under
+  `first_stage_model.`) or a diffusers `AutoencoderKL` file (`diffusion_pytorch_model.safetensors`
+  or `.bin`): `from_pytorch_state_dict` (dispatched on the model type) detects the layout from the
+  keys. `load_state_dict_file` reads `.safetensors` and torch pickles (`.ckpt`, `.pth`, `.pt`,
+  `.bin`) into {name: np.ndarray}.
 * `score_sde/experiment/convert_cli.py` (`score-sde-convert`) writes the result as a training work
   directory.
 
-Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp, DDPM or DiT) and the
-`image_size` and `num_channels` of its inputs; `score_sde.experiment.builders.conversion_kwargs`
-builds them from a config.
+Each conversion takes the Flax `model` the checkpoint is for (an NCSNpp, DDPM, DiT or
+AutoencoderKL) and the `image_size` and `num_channels` of its inputs;
+`score_sde.experiment.builders.conversion_kwargs` builds them from a config.
 
 The key mapping is documented in docs/models.md. PyTorch keeps the network in one `all_modules`
 ModuleList, indexed in construction order; inside each block the submodule names (Conv_0,
@@ -26,7 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.io import torch_pickle
 from score_sde.models import dit as dit_lib
+from score_sde.models.autoencoder import AutoencoderKL
 from score_sde.models.ddpm import DDPM
 from score_sde.models.ncsnpp import NCSNpp
 
@@ -169,6 +177,9 @@ def _as_numpy(value) -> np.ndarray:
 
 def _expected_params(model, image_size: int, num_channels: int) -> Dict:
   shape = (1, image_size, image_size, num_channels)
+  if isinstance(model, AutoencoderKL):  # no time input; the posterior mode needs no key
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
+                                             sample_posterior=False))["params"]
   num_classes = getattr(model, "num_classes", 0)
   class_kw = {"class_labels": jnp.full((1,), num_classes, jnp.int32)} if num_classes else {}
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.ones((1,)),
@@ -195,10 +206,12 @@ def _nest(flat: Dict[Tuple[str, ...], Any]) -> Dict:
 
 
 def _check_against_model(flat: Dict[Tuple[str, ...], np.ndarray], model, image_size: int,
-                         num_channels: int, source: str):
+                         num_channels: int, source: str, expected: Optional[Dict] = None):
   """Checks the converted leaves against the model's parameters (names, shapes, finite values)
-  and casts them to the model's dtypes, in place."""
-  expected = dict(_flatten(_expected_params(model, image_size, num_channels)))
+  and casts them to the model's dtypes, in place. `expected`: the flat parameter shapes, if the
+  caller has them already."""
+  if expected is None:
+    expected = dict(_flatten(_expected_params(model, image_size, num_channels)))
   missing = sorted("/".join(p) for p in expected if p not in flat)
   unexpected = sorted("/".join(p) for p in flat if p not in expected)
   if missing or unexpected:
@@ -290,10 +303,213 @@ def _from_dit_state_dict(state_dict: Dict[str, Any], model: dit_lib.DiT, image_s
   return _nest(flat)
 
 
+# ---------------------------------------------------------------------------------------------
+# The KL autoencoder of LDM / Stable Diffusion (models/autoencoder.py), in two file layouts.
+# ---------------------------------------------------------------------------------------------
+
+LDM_LAYOUT, DIFFUSERS_LAYOUT = "LDM", "diffusers"
+_SD_VAE_PREFIX = "first_stage_model."  # where a whole SD / LDM checkpoint keeps its autoencoder
+_NORM_MODULES = ("norm1", "norm2", "norm", "norm_out")  # our GroupNorm submodule names
+_ATTN_PROJECTIONS = ("q", "k", "v", "proj_out")
+# diffusers attention submodule -> LDM's (both the current and the pre-0.14 names).
+_DIFFUSERS_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
+                   "to_out.0": "proj_out", "query": "q", "key": "k", "value": "v",
+                   "proj_attn": "proj_out"}
+
+
+def _detect_autoencoder_layout(keys) -> str:
+  diffusers = any(re.search(r"(^|\.)(down_blocks|up_blocks|mid_block|conv_norm_out)\.", k)
+                  for k in keys)
+  ldm = any(re.search(r"(^|\.)(down|up|mid)\.", k) or re.search(r"(^|\.)norm_out\.", k)
+            for k in keys)
+  if diffusers == ldm:
+    raise ValueError("Cannot tell the autoencoder's layout from its keys: expected LDM keys "
+                     "(encoder.down.0.block.0..., encoder.mid.attn_1...) or diffusers keys "
+                     "(encoder.down_blocks.0.resnets.0..., encoder.mid_block...); found "
+                     f"{'both' if ldm else 'neither'} in {sorted(keys)[:6]}...")
+  return DIFFUSERS_LAYOUT if diffusers else LDM_LAYOUT
+
+
+def _diffusers_to_ldm_module(module: str, num_levels: int) -> Optional[str]:
+  """A diffusers AutoencoderKL module path -> LDM's (None when it has no counterpart).
+  diffusers' decoder.up_blocks[k] is LDM's decoder.up[num_levels - 1 - k] (coarsest first)."""
+  m = re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(.+)", module)
+  if m:
+    part, direction, level, rest = m.groups()
+    level = int(level) if direction == "down" else num_levels - 1 - int(level)
+    if level < 0:
+      return None
+    rest = re.sub(r"^resnets\.(\d+)\.conv_shortcut$", r"block.\1.nin_shortcut", rest)
+    rest = re.sub(r"^resnets\.", "block.", rest)
+    rest = re.sub(r"^(down|up)samplers\.0\.conv$", r"\1sample.conv", rest)
+    m_attn = re.fullmatch(r"attentions\.(\d+)\.(.+)", rest)
+    if m_attn:
+      if m_attn.group(2) not in _DIFFUSERS_ATTN:
+        return None
+      rest = f"attn.{m_attn.group(1)}.{_DIFFUSERS_ATTN[m_attn.group(2)]}"
+    return f"{part}.{direction}.{level}.{rest}"
+  m = re.fullmatch(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)", module)
+  if m:
+    part, kind, index, rest = m.groups()
+    if kind == "resnets":
+      return f"{part}.mid.block_{int(index) + 1}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
+    if rest not in _DIFFUSERS_ATTN:
+      return None
+    return f"{part}.mid.attn_{int(index) + 1}.{_DIFFUSERS_ATTN[rest]}"
+  return re.sub(r"^(encoder|decoder)\.conv_norm_out$", r"\1.norm_out", module)
+
+
+def _ldm_to_flax_module(module: str) -> Optional[Tuple[str, ...]]:
+  """An LDM AutoencoderKL module path -> our Flax module path (None when it is not one)."""
+  m = re.fullmatch(r"(encoder|decoder)\.(down|up)\.(\d+)\.(block|attn)\.(\d+)\.(\w+)", module)
+  if m:
+    part, direction, level, kind, index, sub = m.groups()
+    return (part, f"{direction}_{level}_{kind}_{index}", sub)
+  m = re.fullmatch(r"(encoder|decoder)\.(down|up)\.(\d+)\.(downsample|upsample)\.conv", module)
+  if m:
+    return (m.group(1), f"{m.group(2)}_{m.group(3)}_{m.group(4)}")
+  m = re.fullmatch(r"(encoder|decoder)\.mid\.(block_[12]|attn_1)\.(\w+)", module)
+  if m:
+    return (m.group(1), f"mid_{m.group(2)}", m.group(3))
+  m = re.fullmatch(r"(encoder|decoder)\.(conv_in|norm_out|conv_out)", module)
+  if m:
+    return m.groups()
+  if module in ("quant_conv", "post_quant_conv"):
+    return (module,)
+  return None
+
+
+def _autoencoder_leaf(flax_module: Tuple[str, ...], param: str,
+                      value: np.ndarray) -> Tuple[str, np.ndarray]:
+  if param not in ("weight", "bias"):
+    raise ValueError(f"unknown parameter {param!r}")
+  if flax_module[-1] in _NORM_MODULES:
+    return ("scale" if param == "weight" else "bias"), value
+  if param == "bias":
+    return "bias", value
+  if value.ndim == 2 and flax_module[-1] in _ATTN_PROJECTIONS:  # diffusers' Linear (out, in)
+    return "kernel", value.T[None, None]
+  return "kernel", _oihw_to_hwio(value)
+
+
+def select_autoencoder_state_dict(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+  """The autoencoder's entries of `state_dict`: a Lightning checkpoint's `state_dict` entry is
+  unwrapped; from a whole SD / LDM checkpoint only the `first_stage_model.` keys are kept (prefix
+  removed; the UNet, EMA and text encoder are dropped); DataParallel's `module.` is stripped; and
+  `loss.*` (the LPIPS network and discriminator of an LDM autoencoder training checkpoint, not
+  part of the autoencoder) is dropped."""
+  if isinstance(state_dict.get("state_dict"), dict):
+    state_dict = state_dict["state_dict"]
+  state_dict = strip_module_prefix(dict(state_dict))
+  if any(k.startswith(_SD_VAE_PREFIX) for k in state_dict):
+    state_dict = {k[len(_SD_VAE_PREFIX):]: v for k, v in state_dict.items()
+                  if k.startswith(_SD_VAE_PREFIX)}
+  return {k: v for k, v in state_dict.items() if not k.startswith("loss.")}
+
+
+def _from_autoencoder_state_dict(state_dict: Dict[str, Any], model: AutoencoderKL,
+                                 image_size: int, num_channels: int) -> Dict:
+  """An LDM/CompVis or diffusers AutoencoderKL state dict -> the `params` of `model`.
+
+  LDM layout (`encoder.down.0.block.0.norm1.weight`, `encoder.mid.attn_1.q.weight`,
+  `decoder.up.3.upsample.conv.weight`, `quant_conv.weight`, ...): a bare VAE state dict, a whole
+  Stable Diffusion checkpoint (only `first_stage_model.*` is used) or an LDM autoencoder training
+  checkpoint, whose `loss.*` entries (LPIPS and the patch discriminator) are dropped.
+  diffusers layout (`encoder.down_blocks.0.resnets.0.norm1.weight`, `encoder.mid_block.
+  attentions.0.to_q.weight`, ...) is first renamed to LDM's keys: resnets -> block, conv_shortcut ->
+  nin_shortcut, downsamplers.0 / upsamplers.0 -> downsample / upsample, mid_block.resnets.{0,1} ->
+  mid.block_{1,2}, mid_block.attentions.0 -> mid.attn_1 with group_norm/to_q/to_k/to_v/to_out.0
+  (or the older query/key/value/proj_attn) -> norm/q/k/v/proj_out, conv_norm_out -> norm_out, and
+  decoder.up_blocks[k] -> decoder.up[L - 1 - k] for L = len(ch_mult).
+  Conv weights OIHW -> HWIO, diffusers' Linear attention weights (out, in) -> 1×1 kernels
+  (1, 1, in, out), GroupNorm weight -> scale. Every parameter of the model must be present, with
+  its shape, and every tensor used; errors name the key and the detected layout.
+  """
+  state_dict = select_autoencoder_state_dict(state_dict)
+  layout = _detect_autoencoder_layout(list(state_dict))
+  source = f"AutoencoderKL state dict ({layout} layout)"
+  flat: Dict[Tuple[str, ...], np.ndarray] = {}
+  origin: Dict[Tuple[str, ...], str] = {}
+  unused = []
+  for key, value in state_dict.items():
+    value = _as_numpy(value)
+    module, _, param = key.rpartition(".")
+    ldm_module = (_diffusers_to_ldm_module(module, len(model.ch_mult))
+                  if layout == DIFFUSERS_LAYOUT else module)
+    flax_module = _ldm_to_flax_module(ldm_module) if ldm_module else None
+    if flax_module is None:
+      unused.append(key)
+      continue
+    try:
+      flax_param, array = _autoencoder_leaf(flax_module, param, value)
+    except ValueError as e:
+      raise ValueError(f"{source}: cannot map key {key!r} (shape {value.shape}) to "
+                       f"{'/'.join(flax_module)}: {e}") from None
+    path = flax_module + (flax_param,)
+    if path in flat:
+      raise ValueError(f"{source}: keys {origin[path]!r} and {key!r} both map to "
+                       f"{'/'.join(path)}.")
+    flat[path], origin[path] = array, key
+  expected = dict(_flatten(_expected_params(model, image_size, num_channels)))
+  unused += [origin[p] for p in flat if p not in expected]
+  if unused:
+    raise ValueError(f"{source}: unexpected keys {sorted(unused)[:8]} (no parameter of the "
+                     f"AutoencoderKL(ch={model.ch}, ch_mult={tuple(model.ch_mult)}, "
+                     f"num_res_blocks={model.num_res_blocks}, "
+                     f"attn_resolutions={tuple(model.attn_resolutions)}) model on "
+                     f"{image_size}px inputs); check the model's fields.")
+  missing = sorted("/".join(p) for p in expected if p not in flat)
+  if missing:
+    raise ValueError(f"{source}: no key for the model's parameters {missing[:8]}"
+                     f"{'...' if len(missing) > 8 else ''}; check the model's fields.")
+  for path, spec in expected.items():
+    if flat[path].shape != spec.shape:
+      raise ValueError(f"{source}: key {origin[path]!r} gives {'/'.join(path)} the shape "
+                       f"{flat[path].shape}, the model expects {spec.shape}; check the model's "
+                       "fields (ch, ch_mult, z_channels, embed_dim, ...).")
+  _check_against_model(flat, model, image_size, num_channels, source, expected)  # finite, dtypes
+  return _nest(flat)
+
+
+def load_state_dict_file(path) -> Dict[str, np.ndarray]:
+  """{name: np.ndarray} from a `.safetensors` file (safetensors.numpy) or a torch pickle (`.ckpt`,
+  `.pth`, `.pt`, `.bin`; read by `torch_pickle`, without torch). A Lightning / LDM checkpoint's
+  `state_dict` entry is returned in place of the checkpoint; the other objects such a checkpoint
+  pickles (Lightning callbacks, NumPy scalars) are read as inert placeholders and dropped. Raises FileNotFoundError for a missing
+  file and ValueError for an unreadable one, naming the file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".safetensors":
+    try:
+      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError(f"Reading {path} needs the safetensors package "
+                        "(pip install safetensors).") from None
+    try:
+      return dict(load_file(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError, ...)
+      raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+  if ext not in (".ckpt", ".pth", ".pt", ".bin"):
+    raise ValueError(f"{path}: unknown checkpoint extension {ext!r}; expected .safetensors, "
+                     ".ckpt, .pth, .pt or .bin.")
+  try:
+    obj = torch_pickle.load_torch_file(path, opaque_globals=True)
+  except Exception as e:  # zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, ...
+    raise ValueError(f"Cannot read the torch file {path}: {type(e).__name__}: {e}") from e
+  if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    obj = obj["state_dict"]
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+  return dict(obj)
+
+
 def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: int,
                             num_channels: int) -> Dict:
-  """Map a score_sde_pytorch (NCSNpp, DDPM) or facebookresearch/DiT (DiT) state dict to the
-  `params` tree of `model`.
+  """Map a score_sde_pytorch (NCSNpp, DDPM), facebookresearch/DiT (DiT) or LDM / diffusers
+  KL-autoencoder (AutoencoderKL; see `_from_autoencoder_state_dict`) state dict to the `params`
+  tree of `model`.
 
   Conv weights go OIHW -> HWIO, Linear (out, in) -> (in, out), GroupNorm weight -> scale; NIN and
   the frozen Fourier W keep their layout. The `sigmas` buffer is checked against the model's
@@ -301,6 +517,8 @@ def from_pytorch_state_dict(state_dict: Dict[str, Any], model, *, image_size: in
   input and its `pos_embed` buffer is checked against the fixed embedding. Every parameter of the
   model must be present and every tensor must be used.
   """
+  if isinstance(model, AutoencoderKL):
+    return _from_autoencoder_state_dict(state_dict, model, image_size, num_channels)
   state_dict = strip_module_prefix(dict(state_dict))
   if isinstance(model, dit_lib.DiT):
     return _from_dit_state_dict(state_dict, model, image_size, num_channels)

@@ -10,7 +10,10 @@ Two on-disk formats exist:
     raw buffer.
 In both, a tensor is pickled as a call `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`.
 The restricted unpickler below resolves only the handful of globals that tensors and plain containers
-need, so loading a file cannot execute arbitrary code.
+need, so loading a file cannot execute arbitrary code. With `opaque_globals=True` any other global
+(e.g. the pickled PyTorch Lightning callbacks and NumPy scalars of a Stable Diffusion `.ckpt`)
+becomes an inert `OpaqueObject` that only records its name and arguments, so the tensors of such
+files can be read; nothing from the file is imported or called.
 """
 from __future__ import annotations
 
@@ -101,12 +104,38 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-  """Unpickler that knows torch storages and tensors and refuses every other global."""
+class OpaqueObject:
+  """Stand-in for an object of a global the reader does not resolve (`opaque_globals=True`): it keeps
+  the global's name (`global_name`), its constructor arguments (`args`) and pickled state (`state`)."""
+  global_name = "?"
 
-  def __init__(self, file, storages: dict):
+  def __new__(cls, *args, **kwargs):
+    obj = super().__new__(cls)
+    obj.args, obj.state = args, None
+    return obj
+
+  def __init__(self, *args, **kwargs):
+    pass
+
+  def __setstate__(self, state):
+    self.state = state
+
+  def __repr__(self):
+    return f"OpaqueObject({self.global_name})"
+
+
+def _opaque_class(module: str, name: str) -> type:
+  return type(name, (OpaqueObject,), {"global_name": f"{module}.{name}"})
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+  """Unpickler that knows torch storages and tensors and refuses every other global (or, with
+  `opaque_globals`, replaces it by an inert `OpaqueObject` subclass)."""
+
+  def __init__(self, file, storages: dict, opaque_globals: bool = False):
     super().__init__(file, encoding="utf-8")
     self._storages = storages
+    self._opaque_globals = opaque_globals
 
   def find_class(self, module, name):
     if module == "torch" and name in _STORAGE_DTYPES:
@@ -114,6 +143,8 @@ class _StateDictUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED_GLOBALS[(module, name)]
     except KeyError:
+      if self._opaque_globals:
+        return _opaque_class(module, name)
       raise pickle.UnpicklingError(
           f"Refusing to load global {module}.{name}: only tensors and plain containers can be "
           "read without torch.") from None
@@ -153,7 +184,7 @@ def _resolve_views(storages: dict) -> None:
       ref.data = root.data[offset:offset + ref.numel]
 
 
-def _load_zip(path: str):
+def _load_zip(path: str, opaque_globals: bool = False):
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pkl_names = [n for n in names if n.endswith("data.pkl")]
@@ -162,7 +193,8 @@ def _load_zip(path: str):
     root = pkl_names[0][: -len("data.pkl")]
     big_endian = (root + "byteorder" in names and archive.read(root + "byteorder").strip() == b"big")
     storages: dict = {}
-    obj = _StateDictUnpickler(io.BytesIO(archive.read(pkl_names[0])), storages).load()
+    obj = _StateDictUnpickler(io.BytesIO(archive.read(pkl_names[0])), storages,
+                              opaque_globals).load()
     for key, ref in storages.items():
       if ref.view_of is not None:
         continue
@@ -173,7 +205,7 @@ def _load_zip(path: str):
   return _materialize(obj)
 
 
-def _load_legacy(path: str):
+def _load_legacy(path: str, opaque_globals: bool = False):
   with open(path, "rb") as f:
     # Every pickle in the file goes through the restricted unpickler, the small header ones too.
     load_plain = lambda: _StateDictUnpickler(f, {}).load()
@@ -190,7 +222,7 @@ def _load_legacy(path: str):
     if not sys_info.get("little_endian", True):
       raise ValueError(f"{path} was written on a big-endian machine; not supported.")
     storages: dict = {}
-    obj = _StateDictUnpickler(f, storages).load()
+    obj = _StateDictUnpickler(f, storages, opaque_globals).load()
     storage_keys = load_plain()
     for key in storage_keys:
       ref = storages[str(key)]
@@ -204,9 +236,12 @@ def _load_legacy(path: str):
   return _materialize(obj)
 
 
-def load_torch_file(path: str):
-  """Loads a `torch.save` file (zip or legacy format), tensors as np.ndarray, without torch."""
-  return _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+def load_torch_file(path: str, *, opaque_globals: bool = False):
+  """Loads a `torch.save` file (zip or legacy format), tensors as np.ndarray, without torch.
+  `opaque_globals`: read objects of other classes as inert `OpaqueObject`s instead of failing."""
+  if zipfile.is_zipfile(path):
+    return _load_zip(path, opaque_globals)
+  return _load_legacy(path, opaque_globals)
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
