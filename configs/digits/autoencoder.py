@@ -13,8 +13,8 @@ Loss: L1 + kl_weight 1e-6 x KL (LDM's KL-f8 settings) with the learned log-varia
 features of 16x16 gray digits mean little, and its weights are not shipped: see docs/dit_latent.md)
 and no discriminator (disc_start -1; set disc_start >= 0 and disc_layers 1 to add a 6x6-patch one).
 Network: ch 32, ch_mult (1, 2), one block per level, attention only in the middle blocks, 8 groups.
-Expected (one run on 2 CPU cores): 3000 steps in a few minutes; the reconstruction grid in
-runs/digits_ae/autoencoder/recon/iter_3000.png; test PSNR and L1 in the log; the latent scale
+Expected (one run on 2 CPU cores): 2000 steps in about 8 minutes; the reconstruction grid in
+runs/digits_ae/autoencoder/recon/iter_2000.png; test PSNR and L1 in the log; the latent scale
 factor in runs/digits_ae/autoencoder/latent_scale.json (figures in docs/dit_latent.md).
 """
 import ml_collections
@@ -27,6 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.autoencoder.update(
       ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=2, embed_dim=2,
       num_groups=8, rec_loss="l1", kl_weight=1e-6, disc_start=-1, disc_ndf=32, disc_layers=1,
-      batch_size=64, n_iters=3000, lr=1e-3, log_freq=100, eval_freq=500, snapshot_freq=1500,
+      batch_size=32, n_iters=2000, lr=1e-3, log_freq=100, eval_freq=500, snapshot_freq=1000,
       snapshot_freq_for_preemption=500, num_recon=16, scale_num_images=1500)
   return config
