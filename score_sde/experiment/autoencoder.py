@@ -354,3 +354,28 @@ def spec_from_fields(model: dict, discriminator: dict | None, data: datasets.Dat
           "discriminator": discriminator,
           "data": {"dataset": data.dataset, "image_size": data.image_size,
                    "num_channels": data.num_channels, "centered": centered}}
+
+
+def write_imported(workdir: str, spec: dict, params, *, step: int = 0,
+                   scale_factor: float | None = None) -> str:
+  """An imported autoencoder (e.g. Stable Diffusion's VAE, `io/convert.py`) as the work directory of
+  an autoencoder run: autoencoder.json, a checkpoint with a fresh optimiser state and, if given,
+  latent_scale.json with ``scale_factor`` (SD: 0.18215), so config.latent.autoencoder_workdir can
+  name it. Returns ``workdir``/autoencoder."""
+  out_dir = os.path.join(workdir, "autoencoder")
+  _write_or_check_spec(out_dir, spec)
+  state = init_state(jax.random.PRNGKey(0), spec, optax.adam(1e-4))
+  replicated = distributed.replicated(distributed.data_mesh())
+  params = {"autoencoder": jax.device_put(jax.tree.map(jnp.asarray, params), replicated),
+            "logvar": jnp.zeros((), jnp.float32)}
+  state = state.replace(step=jnp.asarray(step, jnp.int32), params=params,
+                        opt_state=optax.adam(1e-4).init(params))
+  ckpts = checkpointing.TrainCheckpoints(out_dir)
+  ckpts.save(step, state, snapshot=True)
+  ckpts.wait_until_finished()
+  ckpts.close()
+  if scale_factor is not None and jax.process_index() == 0:
+    atomic_json(os.path.join(out_dir, SCALE_FILE),
+                {"scale_factor": float(scale_factor), "step": step, "source": "given at import"})
+  return out_dir
+

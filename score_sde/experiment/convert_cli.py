@@ -37,8 +37,18 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
                       help="default: pytorch for .pth/.pt files, flax otherwise")
   parser.add_argument("--out", required=True, help="work directory to write the checkpoint into")
   parser.add_argument("--step", type=int, default=0, help="training step to record")
+  parser.add_argument("--autoencoder", action="store_true",
+                      help="the source is a KL autoencoder (Stable Diffusion's VAE: a diffusers "
+                           ".safetensors/.bin or an LDM/SD .ckpt) of config.autoencoder and "
+                           "config.data; written to WORKDIR/autoencoder for "
+                           "config.latent.autoencoder_workdir")
+  parser.add_argument("--scale_factor", type=float, default=None,
+                      help="--autoencoder: the latent scale factor to store with it (SD: 0.18215); "
+                           "without it, latent configs must set config.latent.scale_factor")
   args = parser.parse_args(argv)
   config = _load_config(args.config)
+  if args.autoencoder:
+    return _convert_autoencoder(config, args)
   target = builders.conversion_kwargs(config)
   fmt = args.format or ("pytorch" if args.source.endswith((".pth", ".pt")) else "flax")
   if fmt == "pytorch":
@@ -58,6 +68,22 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
   ckpts.wait_until_finished()
   ckpts.close()
   print(f"wrote step {args.step} to {out}/checkpoints")
+  return out
+
+
+def _convert_autoencoder(config, args) -> str:
+  from score_sde.experiment import autoencoder  # pylint: disable=import-outside-toplevel
+  from score_sde.io import convert  # pylint: disable=import-outside-toplevel
+
+  spec = builders.get_autoencoder_options(config).spec
+  spec = {**spec, "discriminator": None}  # released VAEs come without their discriminator
+  model, _ = autoencoder.build_modules(spec)
+  params = convert.from_pytorch_state_dict(convert.load_state_dict_file(args.source), model,
+                                           image_size=config.data.image_size,
+                                           num_channels=config.data.num_channels)
+  out = autoencoder.write_imported(os.path.abspath(args.out), spec, params, step=args.step,
+                                   scale_factor=args.scale_factor)
+  print(f"wrote the autoencoder at step {args.step} to {out}")
   return out
 
 
