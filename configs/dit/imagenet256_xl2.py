@@ -2,7 +2,8 @@ r"""DiT-XL/2 on ImageNet 256x256 in the latent space of Stable Diffusion's VAE (
 the paper's settings. 32x32x4 latents scaled by 0.18215, AdamW lr 1e-4 without weight decay,
 batch 256, no warm-up, EMA 0.9999, the linear VP/DDPM schedule (β 1e-4 to 0.02 over 1000 steps:
 beta_min 0.1, beta_max 20), ε prediction with the learned-σ channels kept (for checkpoint import;
-no loss here trains them), 1000 classes + the null class, label dropout 0.1, CFG scale 1.5.
+no loss here trains them), 1000 classes + the null class, label dropout 0.1, CFG scale 1.5
+(guidance_scale 0.5 here: this codebase's w is Ho & Salimans', DiT's scale is 1 + w).
 
 First import the VAE (diffusers' stabilityai/sd-vae-ft-ema, or the VAE inside an SD .ckpt) as an
 autoencoder work directory, then train:
@@ -65,7 +66,7 @@ def get_config():
   config.sampling.predictor = "ancestral_sampling"
   config.sampling.corrector = "none"
   config.sampling.guidance = "cfg"
-  config.sampling.guidance_scale = 1.5
+  config.sampling.guidance_scale = 0.5  # Ho & Salimans' w; DiT's "cfg scale 1.5" is 1 + w
   config.eval.enable_bpd = False
   config.eval.enable_sampling = True
   config.eval.num_samples = 50000
