@@ -212,6 +212,26 @@ def gaussian_conditional(mean, cov, observed: Sequence[int], y) -> tuple[np.ndar
   return mean[u] + gain @ (y - mean[o]), cov[np.ix_(u, u)] - gain @ cov[np.ix_(o, u)]
 
 
+def average_pool_matrix(height: int, width: int, factor: int) -> np.ndarray:
+  """A [(H/f)(W/f), H W] of f×f average pooling of a row-major single-channel H×W image (the
+  downsampling of super-resolution, SR3 / cascaded diffusion)."""
+  h, w = height // factor, width // factor
+  a = np.zeros((h * w, height * width))
+  for i in range(height):
+    for j in range(width):
+      a[(i // factor) * w + j // factor, i * width + j] = 1.0 / factor**2
+  return a
+
+
+def linear_gaussian_conditional(mean, cov, a, y) -> tuple[np.ndarray, np.ndarray]:
+  """Exact p(x | A x = y) of x ~ N(mean, cov) for a full-row-rank A [M, D]: N(mean + K (y − A mean),
+  cov − K A cov) with K = cov Aᵀ (A cov Aᵀ)⁻¹ (NumPy, float64). The covariance is singular (rank
+  D − M): the law lives on the affine subspace A x = y."""
+  mean, cov, a, y = (np.asarray(v, np.float64) for v in (mean, cov, a, y))
+  gain = np.linalg.solve(a @ cov @ a.T, a @ cov).T  # [D, M]
+  return mean + gain @ (y - a @ mean), cov - gain @ a @ cov
+
+
 def replacement_limit(sde: SDE, mean, cov, observed: Sequence[int], y,
                       t_end: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Law of x_u produced by predictor-only replacement inpainting of N(mean, cov), as N -> inf.
