@@ -141,6 +141,10 @@ def test_conversion_kwargs():
     ("eval.batch_size", -2, r"config.eval.batch_size=-2 must be a positive"),
     ("data.image_size", 32, r"attn_resolutions=\(8,\) names \[8\], which the network never reaches "
                             r"with config.data.image_size=32"),
+    ("sampling.predictor", "euler", r"config.sampling.predictor='euler' is not valid; choose one "
+                                    r"of \['euler_maruyama'"),
+    ("sampling.corrector", "hmc", r"config.sampling.corrector='hmc' is not valid; choose one of "
+                                  r"\['langevin', 'ald', 'none'\]"),
 ])
 def test_cross_field_config_errors_come_before_any_work(field, value, message):
   config = _digits_config()

@@ -67,3 +67,13 @@ def test_nan_input_gets_nan_log_likelihood_and_the_rest_of_the_batch_is_exact(x6
   # The finite rows keep the exact density (exact divergence; solver tolerance 1e-5).
   expected = data.marginal_log_prob(sde, x[jnp.asarray([0, 2])], jnp.full((2,), 1e-5))
   np.testing.assert_allclose(np.asarray(logp)[[0, 2]], expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_refuses_a_shape_without_a_batch_dimension(name):
+  """A shape (D,) would make every sample share one row: refused at entry, naming the argument."""
+  ve = sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=10)
+  options = {"step_lr": 1e-5, "n_steps_each": 1} if name == "ald" else {}
+  with pytest.raises(ValueError, match=r"shape must be \(batch, \*sample_shape\).*got \(16,\)"):
+    SAMPLERS[name](jax.random.PRNGKey(0), lambda x, t: -x, ve, (16,), **options)
+

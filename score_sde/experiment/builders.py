@@ -27,7 +27,7 @@ from score_sde.io import datasets
 from score_sde.models import ncsn
 from score_sde.models.classifier import NoiseConditionalWideResNet
 from score_sde.models.ncsnpp import NCSNpp
-from score_sde.samplers import SAMPLERS
+from score_sde.samplers import SAMPLERS, correctors, predictors
 
 
 def check_choice(value: Any, choices: Iterable, field: str) -> None:
@@ -534,6 +534,10 @@ def check_config(config) -> None:
     value = config[section][name]
     if value < 1:
       raise ValueError(f"config.{field}={value} must be a positive number of images.")
+  s = config.sampling
+  if s.method.lower() == "pc":
+    check_choice(s.predictor, predictors.PREDICTORS, "config.sampling.predictor")
+    check_choice(s.corrector, correctors.CORRECTORS, "config.sampling.corrector")
   if objective(config) in consistency.OBJECTIVES and config.eval.enable_bpd:
     raise ValueError(f"config.training.loss={objective(config)!r} trains a consistency function, "
                      "which defines no probability-flow ODE and hence no likelihood: set "
