@@ -112,6 +112,15 @@ def get_default_configs() -> ml_collections.ConfigDict:
   latent.autoencoder_workdir = placeholder(str)
   latent.scale_factor = 0.0
 
+  # Super-resolution (SR3, cascaded diffusion): factor > 1 makes the score network take the
+  # factor-times average-pooled image (experiment/super_resolution.py), noised at training by the
+  # SDE's forward process at level s ~ U[0, aug_max] (CDM's conditioning augmentation) and at
+  # sampling at s = sample_aug_level.
+  config.super_resolution = super_resolution = ml_collections.ConfigDict()
+  super_resolution.factor = 1
+  super_resolution.aug_max = 0.0
+  super_resolution.sample_aug_level = 0.0
+
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
   sampling.noise_removal = True

@@ -186,7 +186,8 @@ def _ddpm_fields(config) -> dict:
       scale_by_sigma=m.scale_by_sigma, centered=_required(config, "data", "centered"),
       nonlinearity=m.get("nonlinearity", "swish"),
       sigma_min=m.get("sigma_min", 0.01), sigma_max=m.get("sigma_max", 50.0),
-      num_scales=m.get("num_scales", 1000), num_classes=m.get("num_classes", 0))
+      num_scales=m.get("num_scales", 1000), num_classes=m.get("num_classes", 0),
+      low_res_channels=_low_res_channels(config))
 
 
 def _ncsnpp_fields(config) -> dict:
@@ -223,13 +224,30 @@ def _refinenet_fields(config) -> dict:
   return fields
 
 
+def _low_res_channels(config) -> int:
+  """The low-resolution input channels of a super-resolution network (config.super_resolution)."""
+  return config.data.num_channels if get_super_resolution(config) is not None else 0
+
+
+def get_super_resolution(config):
+  """`super_resolution.SuperResolution` of config.super_resolution, or None when factor <= 1."""
+  from score_sde.experiment import super_resolution  # pylint: disable=import-outside-toplevel
+
+  s = config.get("super_resolution")
+  if s is None or s.factor <= 1:
+    return None
+  return super_resolution.SuperResolution(factor=s.factor, aug_max=float(s.aug_max),
+                                          sample_aug_level=float(s.sample_aug_level))
+
+
 def _dit_fields(config) -> dict:
   """Arguments of DiT (models/dit.py); labels are dropped by the loss (training.class_dropout)."""
   m = config.model
   return dict(
       patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.get("mlp_ratio", 4.0), learn_sigma=m.get("learn_sigma", False),
-      num_classes=m.get("num_classes", 0), dtype=jnp.dtype(m.get("dtype", "float32")))
+      num_classes=m.get("num_classes", 0), dtype=jnp.dtype(m.get("dtype", "float32")),
+      low_res_channels=_low_res_channels(config))
 
 
 # config.model.name -> the constructor arguments of models.MODELS[name].
@@ -350,14 +368,17 @@ def sampler_options(config, sample_fn: Callable) -> dict:
 
 
 def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
-                classifier_fn=None, decode: Callable | None = None) -> Callable:
+                classifier_fn=None, decode: Callable | None = None,
+                super_resolution=None) -> Callable:
   """``sample(key, params, batch_size, labels=None, classifier_params=None) -> (x, info)``, jitted.
 
   ``config.sampling.method`` picks the sampler of ``samplers.SAMPLERS``; its options come from
   config.sampling (`sampler_options`). The model follows ``guidance`` (`guided_model`);
   ``classifier_fn(classifier_params, x_in, sigma) -> logits`` is needed for classifier guidance.
   ``batch_size`` is static: one compilation per batch size. ``decode`` (latent diffusion) maps the
-  sampler's output to images inside the same compiled function.
+  sampler's output to images inside the same compiled function. With ``super_resolution`` the
+  sampler takes ``low_res`` [B, H/f, W/f, C], augmented at the sampling level with the first half of
+  the key.
   """
   method = config.sampling.method.lower()
   check_choice(method, SAMPLERS, "config.sampling.method")
@@ -366,11 +387,19 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
   network_model = get_network_model(config, sde)
   k = num_classes(config)
 
-  def sample(key, params, batch_size, labels=None, classifier_params=None):
+  def sample(key, params, batch_size, labels=None, classifier_params=None, low_res=None):
+    network_fn = model_fn
+    if super_resolution is not None:
+      from score_sde.experiment.super_resolution import conditioned_model_fn  # pylint: disable=import-outside-toplevel
+      if low_res is None:
+        raise ValueError("A super-resolution model samples given low_res [B, H/f, W/f, C].")
+      condition_key, key = jax.random.split(key)
+      network_fn = conditioned_model_fn(
+          model_fn, *super_resolution.sampling_condition(condition_key, sde, low_res))
     logits_fn = None
     if classifier_fn is not None and classifier_params is not None:
       logits_fn = lambda x_in, sigma: classifier_fn(classifier_params, x_in, sigma)
-    model = guided_model(guidance, sde, network_model, model_fn, params, num_classes=k,
+    model = guided_model(guidance, sde, network_model, network_fn, params, num_classes=k,
                          labels=labels, classifier_logits_fn=logits_fn)
     x, info = sample_fn(key, model, sde, (batch_size, *image_shape), **options)
     return (x if decode is None else decode(x)), info
@@ -521,8 +550,10 @@ def get_state_init(config, module=None, optimizer=None,
   d = config.data
   shape = (1, *(input_shape or (d.image_size, d.image_size, d.num_channels)))
   with_target = objective(config) in consistency.OBJECTIVES
+  sr = get_super_resolution(config)
   init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
-                                                       num_classes(config), with_target),
+                                                       num_classes(config), with_target,
+                                                       sr.factor if sr else 1),
                  out_shardings=distributed.replicated(distributed.data_mesh()))
   return functools.partial(init, root_keys(config)[1])
 
@@ -538,6 +569,9 @@ def check_config(config) -> None:
   if s.method.lower() == "pc":
     check_choice(s.predictor, predictors.PREDICTORS, "config.sampling.predictor")
     check_choice(s.corrector, correctors.CORRECTORS, "config.sampling.corrector")
+  sr = config.get("super_resolution")
+  if sr is not None and sr.factor > 1:
+    _check_super_resolution(config)
   if objective(config) in consistency.OBJECTIVES and config.eval.enable_bpd:
     raise ValueError(f"config.training.loss={objective(config)!r} trains a consistency function, "
                      "which defines no probability-flow ODE and hence no likelihood: set "
@@ -559,6 +593,29 @@ def check_config(config) -> None:
                        f"{unreached}, which the network never reaches with {size_name} and "
                        f"ch_mult={tuple(m.ch_mult)} (it reaches {reached}); the attention blocks "
                        "would silently be dropped.")
+
+
+def _check_super_resolution(config) -> None:
+  s, name = config.super_resolution, config.model.name
+  if name not in ("ncsnpp", "ddpm", "dit"):
+    raise ValueError(f"config.super_resolution.factor={s.factor} needs a network that takes a "
+                     f"low-resolution input: config.model.name 'ncsnpp', 'ddpm' or 'dit', not "
+                     f"{name!r}.")
+  if config.data.image_size % s.factor:
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
+                     f"config.super_resolution.factor={s.factor}.")
+  for field in ("aug_max", "sample_aug_level"):
+    if not 0.0 <= s[field] <= 1.0:
+      raise ValueError(f"config.super_resolution.{field}={s[field]} is a level s in [0, 1] "
+                       "(noise of the SDE at time s T).")
+  refused = {"config.latent.autoencoder_workdir": is_latent(config),
+             "config.eval.enable_bpd=True": config.eval.enable_bpd,
+             "config.sampling.guidance='classifier'": config.sampling.guidance == "classifier"}
+  for setting, on in refused.items():
+    if on:
+      raise ValueError(f"{setting} is not available for a super-resolution model "
+                       "(config.super_resolution.factor > 1); the likelihood would be conditional "
+                       "on the low-resolution image. Turn it off.")
 
 
 def is_latent(config) -> bool:
@@ -613,6 +670,16 @@ def _encoding_loss(loss_fn: Callable, latent_space) -> Callable:
   return loss
 
 
+def _loss(config, sde, model_fn, latent_space, sr, *, train: bool):
+  """The configured objective, wrapped for latent diffusion or super-resolution."""
+  if sr is not None:
+    from score_sde.experiment import super_resolution  # pylint: disable=import-outside-toplevel
+
+    return super_resolution.conditioned_loss(
+        lambda fn: get_loss_fn(config, sde, fn, train=train), model_fn, sde, sr)
+  return _encoding_loss(get_loss_fn(config, sde, model_fn, train=train), latent_space)
+
+
 def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   """Everything ``config`` describes, built once; ``guidance`` overrides config.sampling.guidance."""
   check_config(config)
@@ -624,6 +691,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   optimizer = get_optimizer(config)
   root_key, _, train_key, eval_key, sample_key = root_keys(config)
   latent_space = get_latent_space(config)
+  sr = get_super_resolution(config)
   model_shape = (latent_space.shape if latent_space is not None
                  else (data.image_size, data.image_size, data.num_channels))
   classifier_module = get_classifier(config)
@@ -639,18 +707,19 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       scaler=get_data_scaler(config), inverse_scaler=get_data_inverse_scaler(config),
       seed=config.seed, root_key=root_key, train_key=train_key, eval_key=eval_key,
       sample_key=sample_key, init_state=get_state_init(config, module, optimizer, model_shape),
-      train_loss=_encoding_loss(get_loss_fn(config, sde, model_fn, train=True), latent_space),
-      eval_loss=_encoding_loss(get_loss_fn(config, sde, model_fn, train=False), latent_space),
+      train_loss=_loss(config, sde, model_fn, latent_space, sr, train=True),
+      eval_loss=_loss(config, sde, model_fn, latent_space, sr, train=False),
       guidance=guidance,
       sampler=get_sampler(config, sde, model_fn, model_shape, guidance, classifier_fn,
-                          decode=latent_space.decode if latent_space is not None else None),
+                          decode=latent_space.decode if latent_space is not None else None,
+                          super_resolution=sr),
       sampler_spec=sampler_spec,
       pc_options=sampler_options(config, SAMPLERS["pc"]),
       classifier_module=classifier_module, classifier_fn=classifier_fn,
       dataset=functools.partial(get_dataset, config), data=data,
       training=get_train_options(config), classifier=get_classifier_options(config),
       eval=get_eval_options(config), reference=get_reference_options(config),
-      latent=latent_space)
+      latent=latent_space, super_resolution=sr)
 
 
 def build_training_experiment(config) -> Experiment:

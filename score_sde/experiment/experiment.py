@@ -129,6 +129,10 @@ class Experiment:
   # Latent diffusion (experiment/latent.py): the autoencoder whose scaled latents the score model
   # sees; losses encode, samplers decode. None in pixel space.
   latent: Any = None
+  # Super-resolution (experiment/super_resolution.py): the network also takes the low-resolution
+  # image; None otherwise.
+  super_resolution: Any = None
+  _test_images: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -173,8 +177,12 @@ class Experiment:
                                           self.data.dataset)
     return batch
 
-  def generate(self, key, params, batch_size: int, offset: int = 0, classifier_params: Any = None):
+  def generate(self, key, params, batch_size: int, offset: int = 0, classifier_params: Any = None,
+               low_res: Any = None):
     """A batch of the configured sampler, guided per ``self.guidance``.
+
+    A super-resolution model upsamples ``low_res`` [B, H/f, W/f, C] (model space); without it, the
+    downsampled test images ``offset``..``offset + B`` (cycling), whose outputs FDD/FID then judge.
 
     Returns (x [B, H, W, C] in model space, decoded in latent diffusion; class labels [B] or None). ``offset`` is the index of
     the batch's first sample in the run, so cycling labels stay balanced across batches.
@@ -183,8 +191,20 @@ class Experiment:
     if self.guidance.kind == "classifier" and classifier_params is None:
       raise ValueError("config.sampling.guidance='classifier' needs the classifier of this workdir: "
                        "run --mode train_classifier first.")
-    x, _ = self.sampler(key, params, batch_size, labels, classifier_params)
+    if self.super_resolution is not None and low_res is None:
+      low_res = self.super_resolution.downsample(self.scaler(self.test_images(offset, batch_size)))
+    extra = {} if low_res is None else {"low_res": jax.numpy.asarray(low_res)}
+    x, _ = self.sampler(key, params, batch_size, labels, classifier_params, **extra)
     return x, labels
+
+  def test_images(self, offset: int, n: int) -> np.ndarray:
+    """Test-split images offset..offset + n ([0, 1], cycling over the split), read once."""
+    if "all" not in self._test_images:
+      with self.dataset(split="test", batch_size=self.eval.batch_size, num_epochs=1,
+                        evaluation=True, drop_remainder=False) as it:
+        self._test_images["all"] = np.concatenate([b["image"][b["mask"]] for b in it])
+    images = self._test_images["all"]
+    return images[np.arange(offset, offset + n) % len(images)]
 
 
 def check_class_labels(labels: np.ndarray, num_classes: int, field: str, dataset: str) -> np.ndarray:

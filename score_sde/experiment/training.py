@@ -45,13 +45,17 @@ class ConsistencyTrainState(TrainState):
 def linen_model_fn(module: nn.Module) -> Callable:
   """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
-  ``class_labels`` int [B] are forwarded only when given, so unconditional modules keep their call.
+  ``class_labels`` int [B], and ``low_res`` [B, h, w, C'] with ``aug_level`` [B] of a
+  super-resolution network, are forwarded only when given, so other modules keep their call.
   """
 
-  def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None):
+  def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None,
+               low_res=None, aug_level=None):
     rngs = {"dropout": rng} if (train and rng is not None) else None
-    class_kw = {} if class_labels is None else {"class_labels": class_labels}
-    return module.apply({"params": params}, x, labels, train=train, rngs=rngs, **class_kw)
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+    if low_res is not None:  # a super-resolution network (experiment/super_resolution.py)
+      extra.update(low_res=low_res, aug_level=aug_level)
+    return module.apply({"params": params}, x, labels, train=train, rngs=rngs, **extra)
 
   return model_fn
 
@@ -68,15 +72,20 @@ def null_class_model_fn(model_fn: Callable, num_classes: int) -> Callable:
 
 def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.GradientTransformation,
                      input_shape: tuple[int, ...], num_classes: int = 0,
-                     with_target: bool = False) -> TrainState:
+                     with_target: bool = False, low_res_factor: int = 1) -> TrainState:
   """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C].
 
   ``num_classes`` > 0: the module is class-conditional and is initialised with null-class labels.
   ``with_target``: a `ConsistencyTrainState` whose target network starts at the parameters.
+  ``low_res_factor`` > 1: a super-resolution network, initialised with a zero low-resolution input.
   """
   x = jnp.zeros(input_shape, jnp.float32)
   labels = jnp.zeros(input_shape[:1], jnp.int32)
   class_kw = {"class_labels": jnp.full(input_shape[:1], num_classes, jnp.int32)} if num_classes else {}
+  if low_res_factor > 1:  # a super-resolution network takes the downsampled image too
+    b, h, w, c = input_shape
+    class_kw.update(low_res=jnp.zeros((b, h // low_res_factor, w // low_res_factor, c)),
+                    aug_level=jnp.zeros((b,)))
   params = module.init({"params": key, "dropout": key}, x, labels, train=False,
                        **class_kw)["params"]
   fields = dict(step=jnp.zeros((), jnp.int32), params=params,

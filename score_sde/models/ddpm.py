@@ -33,14 +33,21 @@ class DDPM(nn.Module):
   num_scales: int = 1000
   # Number of classes for class-conditional training (0: unconditional; K > 0 adds a null class K).
   num_classes: int = 0
+  # Channels of the low-resolution input of a super-resolution network (0: none), as in ncsnpp.py.
+  low_res_channels: int = 0
 
   @nn.compact
-  def __call__(self, x, noise_labels, train: bool = True, class_labels=None):
+  def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
+               aug_level=None):
     if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
       raise ValueError(f"ddpm expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
                        f"{noise_labels.shape}.")
     layers.check_num_classes("ddpm", self.num_classes, self.conditional)
     layers.check_class_labels("ddpm", self.num_classes, class_labels, x.shape[0])
+    layers.check_low_res("ddpm", self.low_res_channels, low_res, aug_level, x.shape)
+    if self.low_res_channels and not self.conditional:
+      raise ValueError("ddpm: low_res_channels > 0 needs conditional=True (the augmentation level "
+                       "is added to the time embedding).")
     act = layers.get_act(self.nonlinearity)
     nf, num_levels = self.nf, len(self.ch_mult)
     res_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
@@ -52,10 +59,16 @@ class DDPM(nn.Module):
       if self.num_classes:
         temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
             class_labels)
+      if self.low_res_channels:
+        temb = temb + nn.Dense(nf * 4, kernel_init=layers.default_init(), name="aug_embed")(
+            layers.aug_level_embedding(aug_level, nf))
     else:
       temb = None
 
     h = x if self.centered else 2 * x - 1.0
+    if low_res is not None:
+      low_res = low_res if self.centered else 2 * low_res - 1.0
+      h = jnp.concatenate([h, layers.upsample_low_res(low_res, x.shape[1], x.shape[2])], axis=-1)
     hs = [layers.conv(h, nf)]
     for i_level in range(num_levels):
       for _ in range(self.num_res_blocks):

@@ -152,6 +152,9 @@ class DiT(nn.Module):
   return_sigma: bool = False
   frequency_embedding_size: int = 256
   dtype: Any = jnp.float32
+  # Channels of the low-resolution input of a super-resolution network (0: none): resized to H×W
+  # (bicubic) and concatenated to x before patchify; its augmentation level joins c.
+  low_res_channels: int = 0
 
   def validate(self, x_shape) -> None:
     """Fails early on fields or inputs the architecture cannot take."""
@@ -166,17 +169,21 @@ class DiT(nn.Module):
                        f"patch_size={self.patch_size}; got {tuple(x_shape)}.")
 
   @nn.compact
-  def __call__(self, x, noise_labels, train: bool = True, class_labels=None):
+  def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
+               aug_level=None):
     del train  # no dropout in DiT
     self.validate(x.shape)
     b, h, w, c = x.shape
     layers.check_class_labels("dit", self.num_classes, class_labels, b)
+    layers.check_low_res("dit", self.low_res_channels, low_res, aug_level, x.shape)
     if noise_labels.shape != (b,):
       raise ValueError(f"dit expects noise_labels [B]=({b},); got {noise_labels.shape}.")
     p, d = self.patch_size, self.hidden_size
     pos = sincos_pos_embed_2d(d, h // p, w // p)  # [T, D], a constant
+    x_in = x if low_res is None else jnp.concatenate(
+        [x, layers.upsample_low_res(low_res, h, w)], axis=-1)
     tokens = nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="x_embedder")(
-        patchify(x, p)) + jnp.asarray(pos, self.dtype)  # [B, T, D]
+        patchify(x_in, p)) + jnp.asarray(pos, self.dtype)  # [B, T, D]
 
     normal = nn.initializers.normal(0.02)
     temb = timestep_embedding(noise_labels, self.frequency_embedding_size)
@@ -185,6 +192,9 @@ class DiT(nn.Module):
     if self.num_classes:
       cond = cond + nn.Embed(self.num_classes + 1, d, embedding_init=normal, dtype=self.dtype,
                              name="y_embedder")(class_labels)  # [B, D]
+    if self.low_res_channels:
+      cond = cond + nn.Dense(d, kernel_init=normal, dtype=self.dtype, name="aug_embedder")(
+          timestep_embedding(999.0 * aug_level, self.frequency_embedding_size))
 
     for i in range(self.depth):
       tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(

@@ -67,6 +67,41 @@ def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 1
   return emb
 
 
+def check_low_res(model: str, low_res_channels: int, low_res, aug_level, x_shape) -> None:
+  """A super-resolution network (``low_res_channels`` C' > 0) takes ``low_res`` [B, h, w, C'] with
+  h and w dividing the output's H and W, and ``aug_level`` [B]; any other network takes neither."""
+  if not low_res_channels:
+    if low_res is not None or aug_level is not None:
+      raise ValueError(f"{model} takes no low-resolution input (low_res_channels=0); build it with "
+                       "low_res_channels > 0 for super-resolution.")
+    return
+  b, h, w = x_shape[:3]
+  if low_res is None or aug_level is None:
+    raise ValueError(f"{model} is a super-resolution network (low_res_channels="
+                     f"{low_res_channels}): pass low_res [B, h, w, {low_res_channels}] and "
+                     "aug_level [B] (0 without conditioning augmentation).")
+  if (low_res.ndim != 4 or low_res.shape[0] != b or low_res.shape[-1] != low_res_channels
+      or h % low_res.shape[1] or w % low_res.shape[2]):
+    raise ValueError(f"{model}: low_res must be [B={b}, h, w, {low_res_channels}] with h, w "
+                     f"dividing {h}x{w}; got {tuple(low_res.shape)}.")
+  if aug_level.shape != (b,):
+    raise ValueError(f"{model}: aug_level must be [B]=({b},); got {tuple(aug_level.shape)}.")
+
+
+def upsample_low_res(low_res, height: int, width: int):
+  """The low-resolution input resized to the output's size by bicubic interpolation (SR3, CDM),
+  to be concatenated to the network's input channels."""
+  b, _, _, c = low_res.shape
+  return jax.image.resize(low_res, (b, height, width, c), method="bicubic")
+
+
+def aug_level_embedding(aug_level, dim: int):
+  """The conditioning-augmentation level s in [0, 1] (CDM, Ho et al. 2022, Sec. 4.1) as a
+  sinusoidal embedding of 999 s, the time embedding's scale; its Dense is added to the time
+  embedding."""
+  return get_timestep_embedding(999.0 * aug_level, dim)
+
+
 def check_num_classes(model: str, num_classes: int, conditional: bool) -> None:
   """Class conditioning is added to the time embedding, so it needs ``conditional=True``."""
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:

@@ -69,6 +69,8 @@ class NCSNpp(nn.Module):
   num_scales: int = 1000
   # Number of classes for class-conditional training (0: unconditional; K > 0 adds a null class K).
   num_classes: int = 0
+  # Channels of the low-resolution input of a super-resolution network (0: none); see __call__.
+  low_res_channels: int = 0
 
   def validate(self):
     """Raise a ValueError naming the valid choices for any unknown or inconsistent option."""
@@ -84,11 +86,19 @@ class NCSNpp(nn.Module):
     if not self.ch_mult or self.num_res_blocks < 1 or self.nf < 1:
       raise ValueError("ncsnpp: need nf >= 1, num_res_blocks >= 1 and a non-empty ch_mult.")
     layers.check_num_classes("ncsnpp", self.num_classes, self.conditional)
+    if self.low_res_channels and not self.conditional:
+      raise ValueError("ncsnpp: low_res_channels > 0 embeds the augmentation level into the time "
+                       "embedding, which conditional=False removes.")
 
   @nn.compact
-  def __call__(self, x, noise_labels, train: bool = True, class_labels=None):
+  def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
+               aug_level=None):
+    """Super-resolution (``low_res_channels`` > 0, SR3 / cascaded diffusion): ``low_res`` [B, h, w,
+    C'] is resized to H×W (bicubic) and concatenated to x before the first convolution, and the
+    conditioning-augmentation level ``aug_level`` [B] is embedded and added to the time embedding."""
     self.validate()
     layers.check_class_labels("ncsnpp", self.num_classes, class_labels, x.shape[0])
+    layers.check_low_res("ncsnpp", self.low_res_channels, low_res, aug_level, x.shape)
     if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
       raise ValueError(f"ncsnpp expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
                        f"{noise_labels.shape}.")
@@ -113,6 +123,9 @@ class NCSNpp(nn.Module):
       if self.num_classes:
         temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
             class_labels)
+      if self.low_res_channels:
+        temb = temb + nn.Dense(nf * 4, kernel_init=layers.default_init(), name="aug_embed")(
+            layers.aug_level_embedding(aug_level, nf))
     else:
       temb = None
 
@@ -131,10 +144,13 @@ class NCSNpp(nn.Module):
 
     if not self.centered:  # data in [0, 1] -> [-1, 1]
       x = 2 * x - 1.0
+      low_res = None if low_res is None else 2 * low_res - 1.0
+    x_in = x if low_res is None else jnp.concatenate(
+        [x, layers.upsample_low_res(low_res, x.shape[1], x.shape[2])], axis=-1)
 
     # Downsampling path.
     input_pyramid = x if self.progressive_input != "none" else None
-    hs = [conv(x, nf)]
+    hs = [conv(x_in, nf)]
     for i_level in range(num_levels):
       for _ in range(self.num_res_blocks):
         h = res_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
