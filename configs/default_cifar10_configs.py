@@ -121,6 +121,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
   super_resolution.aug_max = 0.0
   super_resolution.sample_aug_level = 0.0
 
+  # Cascade (--mode sample with base_workdir set): the base run's samples upsampled by each stage,
+  # a super-resolution run (experiment/cascade.py).
+  config.cascade = cascade = ml_collections.ConfigDict()
+  cascade.base_config = placeholder(str)
+  cascade.base_workdir = placeholder(str)
+  cascade.stage_configs = ()
+  cascade.stage_workdirs = ()
+
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1
   sampling.noise_removal = True

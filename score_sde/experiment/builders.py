@@ -700,6 +700,9 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   sampler_spec = get_sampler_spec(config, guidance)
   if latent_space is not None:
     sampler_spec["latent"] = latent_space.describe()
+  if sr is not None:
+    sampler_spec["super_resolution"] = {"factor": sr.factor,
+                                        "sample_aug_level": sr.sample_aug_level}
   return Experiment(
       mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
       unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,

@@ -39,8 +39,9 @@ MODES = {
     "train_classifier": _mode("train", "train_classifier"),
     "reflow_pairs": _mode("reflow", "reflow_pairs"),
     "train_autoencoder": _mode("autoencoder", "train_autoencoder"),
+    "upsample": _mode("cascade", "upsample", "input"),
 }
-NEEDS_INPUT = ("inpaint", "colorize")
+NEEDS_INPUT = ("inpaint", "colorize", "upsample")
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/digits/ddpmpp_vp_small.py.",
@@ -57,12 +58,16 @@ flags.DEFINE_enum("mode", "train", list(MODES),
                   "reflow_pairs: (noise, data) couplings of the newest checkpoint's probability-flow "
                   "ODE, into workdir/reflow_pairs, to train a rectified flow on (config.reflow); "
                   "train_autoencoder: the KL autoencoder of latent diffusion (config.autoencoder), "
-                  "into workdir/autoencoder, which config.latent.autoencoder_workdir then names.")
+                  "into workdir/autoencoder, which config.latent.autoencoder_workdir then names; "
+                  "upsample: the super-resolution model's outputs for the low-resolution images "
+                  "under --input. A config with config.cascade makes --mode sample run the "
+                  "cascade (base model, then each super-resolution stage).")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "
                     "--mode fid_stats; defaults to $SCORE_SDE_INCEPTION_WEIGHTS. Never downloaded.")
-flags.DEFINE_string("input", None, "Folder of PNG/JPEG images for --mode inpaint / colorize.")
+flags.DEFINE_string("input", None,
+                    "Folder of PNG/JPEG images for --mode inpaint / colorize / upsample.")
 flags.DEFINE_string("mask", "center",
                     "--mode inpaint: the region to generate, one of center/left/right/top/bottom, or "
                     "a mask image (white keeps the input pixel, black generates it).")

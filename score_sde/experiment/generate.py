@@ -79,8 +79,13 @@ def sample(config, workdir: str) -> str:
   (`sampling_spec`, stored in its sampling.json).
 
   Class-guided when ``config.sampling.guidance`` is 'cfg' or 'classifier' (labels cycle through the
-  classes unless ``sampling.class_label`` picks one; each shard stores its 'labels').
+  classes unless ``sampling.class_label`` picks one; each shard stores its 'labels'). A config with
+  config.cascade samples the cascade instead (`cascade.sample_cascade`).
   """
+  from score_sde.experiment import cascade  # pylint: disable=import-outside-toplevel
+
+  if cascade.is_cascade(config):
+    return cascade.sample_cascade(config, workdir)
   exp = builders.build_experiment(config)
   step, params = latest_params(exp, workdir)
   classifier_params = guidance_classifier_params(exp, workdir)
