@@ -13,6 +13,7 @@ SCRIPTS = {
     "bench_samplers.py": [],
     "bench_train_step.py": [],
     "digits_guidance.py": ["--figure", "{tmp}/guidance.png"],
+    "dit_latent_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
     "inpainting_bias.py": [],
     "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
     "few_step_study.py": ["--figure", "{tmp}/few_step.png", "--doc", "{tmp}/few_step.md"],

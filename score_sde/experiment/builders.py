@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import json
 import os
 from typing import Any, Callable, Iterable
 
@@ -50,7 +51,11 @@ def get_sde(config) -> sde_lib.SDE:
 
 
 def get_optimizer(config):
-  o = config.optim
+  return _optimizer_of(config.optim)
+
+
+def _optimizer_of(o):
+  """The optimiser of a config.optim section (a ConfigDict or a recorded dict made one)."""
   return optim.get_optimizer(optimizer=o.optimizer, lr=o.lr, beta1=o.beta1, beta2=o.get("beta2", 0.999),
                              eps=o.eps, weight_decay=o.weight_decay, warmup=o.warmup,
                              grad_clip=o.grad_clip)
@@ -616,6 +621,55 @@ def _check_super_resolution(config) -> None:
       raise ValueError(f"{setting} is not available for a super-resolution model "
                        "(config.super_resolution.factor > 1); the likelihood would be conditional "
                        "on the low-resolution image. Turn it off.")
+
+
+# --- the work directory's config record (resume checks) -----------------------------------------
+
+# Fields that define the trained network or the diffusion it learnt: a resumed run may not change
+# them. Every config.model field is one, except those of the EMA, which only average the weights.
+RESUME_REFUSED_FIELDS = ("model.", "training.sde", "training.continuous", "training.loss",
+                         "data.image_size", "data.num_channels")
+RESUME_ALLOWED_MODEL_FIELDS = ("model.ema_rate", "model.ema_warmup")
+
+
+def config_record(config) -> dict:
+  """``config`` as plain JSON data (tuples become lists), to store with a run and compare."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}{key}."))
+  return {k.rstrip("."): v for k, v in out.items()}
+
+
+_MISSING = "<missing>"
+
+
+def config_changes(recorded: dict, config) -> tuple[list[str], list[str], dict]:
+  """(refused, allowed, {field: (recorded value, value now)}): the dotted fields of ``config`` that
+  differ from ``recorded`` (a `config_record`). Refused: `RESUME_REFUSED_FIELDS` (the model, the
+  SDE, the data shape); allowed: the rest (optimiser, schedules, sampling, evaluation...)."""
+  old, new = _flatten(recorded), _flatten(config_record(config))
+  changed = {k: (old.get(k, _MISSING), new.get(k, _MISSING)) for k in sorted(old.keys() | new.keys())
+             if old.get(k, _MISSING) != new.get(k, _MISSING)}
+  refused = [k for k in changed if k not in RESUME_ALLOWED_MODEL_FIELDS
+             and any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_REFUSED_FIELDS)]
+  allowed = [k for k in changed if k not in refused]
+  return refused, allowed, changed
+
+
+def recorded_optimizer(recorded: dict, config):
+  """The optimiser of ``recorded``'s config.optim (a `config_record`), or None if no optim field
+  changed since (the current optimiser then restores the recorded state)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  fields = recorded.get("optim")
+  if not isinstance(fields, dict) or fields == config_record(config).get("optim"):
+    return None
+  return _optimizer_of(ml_collections.ConfigDict(fields))
 
 
 def is_latent(config) -> bool:

@@ -1,8 +1,11 @@
 """The training loop shared by score-model and classifier training: one compiled step, a Python loop.
 
-It resumes from the newest checkpoint, logs to TensorBoard, runs a periodic evaluation hook, writes
-snapshot and preemption checkpoints and stops on a non-finite loss. A trainer supplies only its
-state, its step and its hooks (`Trainer`).
+It resumes from the newest usable checkpoint, logs to TensorBoard, runs a periodic evaluation hook,
+writes snapshot and preemption checkpoints and stops on a non-finite loss or state. Only verified
+states are saved: finite (the step's ``metrics['finite']``, and `checkpointing` refuses any
+non-finite leaf) and, with ``Trainer.verify``, giving a finite loss themselves, so that an update
+that blows the parameters up to huge but finite values is not saved and named the last good one.
+A trainer supplies only its state, its step and its hooks (`Trainer`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss."""
+  """Training produced a NaN or infinite loss or state (nothing of it was saved)."""
 
 
 class Preempted(RuntimeError):
@@ -90,6 +93,13 @@ class Trainer:
   turns it into the step's arguments after the state. ``step(state, *args) -> (state, metrics)``
   is jitted, metrics holding 'loss' (scalar or [steps_per_call]). The hooks get the step reached;
   ``evaluate`` returns scalars that are logged and returned by `run` as the last report.
+
+  Optional metrics 'finite' (bool, or [steps_per_call]): the updated state is finite, one fused
+  reduction in the step. ``verify(state, *args)`` (jitted, a bool scalar) is called before each
+  save: whether the state about to be saved is sound (e.g. its loss on the step's batch is
+  finite); the state is not saved otherwise. ``before_restore()`` runs under the work directory's
+  lock before the restore (e.g. to record the config); ``after_restore(state)`` maps a restored
+  state to the one to train on (e.g. rebuilds an optimiser state).
   """
   name: str  # progress bar and messages
   init_state: Callable[[], Any]
@@ -101,21 +111,49 @@ class Trainer:
   nonfinite_advice: str
   evaluate: Callable[[int, Any], dict] | None = None
   after_snapshot: Callable[[int, Any, logging_utils.MetricWriter], None] | None = None
+  verify: Any = None  # a jitted function, or None
+  before_restore: Callable[[], None] | None = None
+  after_restore: Callable[[Any], Any] | None = None
 
 
 def _crossed(prev_step: int, step: int, freq: int) -> bool:
   return freq > 0 and step // freq > prev_step // freq
 
 
-def _check_finite(losses: np.ndarray, prev: int, step: int, last_saved, workdir: str,
+def _last_good(last_saved, workdir: str) -> str:
+  return (f"the last good checkpoint is step {last_saved} in {workdir}" if last_saved
+          else "no checkpoint was written yet")
+
+
+def _check_finite(losses: np.ndarray, finite, prev: int, step: int, last_saved, workdir: str,
                   trainer: Trainer) -> None:
-  if np.all(np.isfinite(losses)):
+  """Raises `NonFiniteLossError` if a loss of the call or the updated state is not finite."""
+  losses_ok = bool(np.all(np.isfinite(losses)))
+  if losses_ok and (finite is None or bool(np.all(np.asarray(finite)))):
     return
-  where = (f"the last good checkpoint is step {last_saved} in {workdir}" if last_saved
-           else "no checkpoint was written yet")
+  what = (f"loss became {losses[~np.isfinite(losses)][0]}" if not losses_ok
+          else f"parameters became non-finite (loss {losses[-1]:.4g})")
   raise NonFiniteLossError(
-      f"The {trainer.name} loss became {losses[~np.isfinite(losses)][0]} between steps {prev} and "
-      f"{step}; training stopped and {where}. {trainer.nonfinite_advice}")
+      f"The {trainer.name} {what} between steps {prev} and {step}; training stopped and "
+      f"{_last_good(last_saved, workdir)}. {trainer.nonfinite_advice}")
+
+
+def _save(trainer: Trainer, ckpts, state, args, step: int, snapshot: bool, last_saved,
+          workdir: str) -> None:
+  """Saves ``state`` if it passes ``trainer.verify`` and is finite, else stops training."""
+  reason = None
+  if trainer.verify is not None and not bool(np.asarray(trainer.verify(state, *args))):
+    reason = "gives a non-finite loss on its batch (an update blew the parameters up)"
+  else:
+    try:
+      ckpts.save(step, state, snapshot=snapshot)
+      return
+    except checkpointing.NonFiniteStateError:
+      reason = "has non-finite values"
+  ckpts.wait_until_finished()
+  raise NonFiniteLossError(
+      f"The {trainer.name} state after step {step} {reason}; it was not saved, training stopped "
+      f"and {_last_good(last_saved, workdir)}. {trainer.nonfinite_advice}")
 
 
 def run(trainer: Trainer, schedule: Schedule, workdir: str) -> tuple[Any, dict]:
@@ -132,7 +170,13 @@ def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str,
                 received: list) -> tuple[Any, dict]:
   writer = logging_utils.MetricWriter(os.path.join(workdir, "tensorboard"))
   ckpts = checkpointing.TrainCheckpoints(workdir)
-  state = ckpts.restore_latest(trainer.abstract_state) or trainer.init_state()
+  if trainer.before_restore is not None:
+    trainer.before_restore()
+  state = ckpts.restore_latest(trainer.abstract_state)
+  if state is None:
+    state = trainer.init_state()
+  elif trainer.after_restore is not None:
+    state = trainer.after_restore(state)
   step = int(state.step)
   if step:
     log.info("Resuming %s from step %d in %s", trainer.name, step, workdir)
@@ -168,10 +212,11 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, re
       distributed.barrier(f"score_sde_{trainer.name}_step_compiled")
     state, metrics = step_fn(state, *args)
     losses = np.asarray(metrics["loss"]).reshape(-1)
+    finite = metrics.get("finite")
     prev, step = step, step + schedule.steps_per_call
-    if not np.all(np.isfinite(losses)):
+    if not (np.all(np.isfinite(losses)) and (finite is None or np.all(np.asarray(finite)))):
       ckpts.wait_until_finished()
-      _check_finite(losses, prev, step, last_saved, workdir, trainer)
+      _check_finite(losses, finite, prev, step, last_saved, workdir, trainer)
     bar.update(schedule.steps_per_call, loss=float(losses[-1]))
     final = step >= schedule.n_iters
     if _crossed(prev, step, schedule.log_freq) or final:
@@ -182,7 +227,7 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, re
       writer.scalars(step, report)
     snapshot = _crossed(prev, step, schedule.snapshot_freq) or final
     if snapshot or _crossed(prev, step, schedule.preemption_freq):
-      ckpts.save(step, state, snapshot=snapshot)
+      _save(trainer, ckpts, state, args, step, snapshot, last_saved, workdir)
       last_saved = step
       if snapshot and trainer.after_snapshot:
         trainer.after_snapshot(step, state, writer)
@@ -191,7 +236,7 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, re
     signum = _agreed_stop(received)
     if signum and not final:
       if last_saved != step:
-        ckpts.save(step, state, snapshot=False)
+        _save(trainer, ckpts, state, args, step, False, last_saved, workdir)
       ckpts.wait_until_finished()
       raise Preempted(f"{signal.Signals(signum).name} received: {trainer.name} stopped at step "
                       f"{step} and saved a checkpoint there in {workdir}; run the same command "

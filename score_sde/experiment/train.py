@@ -3,6 +3,7 @@ classifier guidance (eq. 14), both on the loop of `loop.py`."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 
@@ -14,10 +15,16 @@ from score_sde.experiment import builders, classifier_training, distributed, loo
 from score_sde.experiment.experiment import Experiment, check_class_labels
 from score_sde.experiment.outputs import atomic_json, write_sample_grid
 from score_sde.experiment.restore import abstract_classifier_state, warm_start_params
+from score_sde.io import checkpointing
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_EVAL_TIMES = (0.05, 0.25, 0.5)
+CONFIG_RECORD = "config.json"  # the config of the run, in its work directory
+
+
+class ConfigChangedError(ValueError):
+  """A resumed run changes fields that its checkpoints cannot follow (model, SDE, data shape)."""
 
 
 def train(config, workdir: str) -> training.TrainState:
@@ -28,7 +35,8 @@ def train(config, workdir: str) -> training.TrainState:
   eval_iter = exp.dataset(split="test", batch_size=opts.batch_size, shuffle_seed=exp.seed + 1,
                           evaluation=True)
   try:
-    state, _ = loop.run(_score_trainer(exp, workdir, eval_iter), _score_schedule(exp), workdir)
+    trainer = _score_trainer(exp, workdir, eval_iter, _resume_plan(exp, config, workdir))
+    state, _ = loop.run(trainer, _score_schedule(exp), workdir)
   finally:
     eval_iter.close()
   return state
@@ -58,7 +66,63 @@ def _initial_state(exp: Experiment) -> training.TrainState:
   return state.replace(**fields)
 
 
-def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
+def _show(value) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _resume_plan(exp: Experiment, config, workdir: str) -> dict:
+  """Checks ``config`` against ``workdir/config.json``, the config the checkpoints were trained
+  with, and returns the loop.Trainer fields that resume with it.
+
+  The record is written (by process 0) at each start, once the work directory's lock is held,
+  so it holds the config of the latest run. Without a checkpoint there is nothing to check.
+  Changed model or SDE fields are refused (`ConfigChangedError`, one line naming them); other
+  changes are allowed with a warning listing them. An optimiser change that alters the optimiser
+  state's structure (e.g. config.optim.grad_clip on -> off changes the optax chain) restores the
+  step, parameters and EMA from the recorded structure and rebuilds the optimiser state.
+  """
+  path = os.path.join(workdir, CONFIG_RECORD)
+  record = builders.config_record(config)
+
+  def before_restore():
+    distributed.barrier("score_sde_config_compared")  # every process has read the old record
+    if jax.process_index() == 0:
+      atomic_json(path, record)
+
+  plan = dict(abstract_state=exp.abstract_state(), before_restore=before_restore)
+  if not (os.path.exists(path) and checkpointing.has_checkpoints(workdir)):
+    return plan
+  with open(path) as f:
+    recorded = json.load(f)
+  refused, allowed, changed = builders.config_changes(recorded, config)
+  describe = lambda fields: ", ".join(f"config.{k}: {_show(changed[k][0])} -> {_show(changed[k][1])}"
+                                      for k in fields)
+  if refused:
+    raise ConfigChangedError(
+        f"{workdir} holds checkpoints of another model or SDE ({path}); refused changes: "
+        f"{describe(refused)}. Resume with the recorded values or choose a new --workdir.")
+  if allowed:
+    log.warning("Resuming %s with config changes: %s", workdir, describe(allowed))
+  old_optimizer = builders.recorded_optimizer(recorded, config)
+  if old_optimizer is None:
+    return plan
+  params = plan["abstract_state"].params
+  old_shapes = jax.eval_shape(old_optimizer.init, params)
+  new_shapes = jax.eval_shape(exp.optimizer.init, params)
+  if jax.tree.structure(old_shapes) == jax.tree.structure(new_shapes):
+    return plan
+  log.warning("The config.optim changes alter the optimiser state's structure: resuming the step, "
+              "parameters and EMA of %s with a new optimiser state (Adam's moments and the "
+              "learning-rate warm-up restart).", workdir)
+  plan["abstract_state"] = plan["abstract_state"].replace(
+      opt_state=checkpointing.abstract_like(old_shapes))
+  init_opt = jax.jit(exp.optimizer.init, out_shardings=exp.replicated)
+  plan["after_restore"] = lambda state: state.replace(opt_state=init_opt(state.params))
+  return plan
+
+
+def _score_trainer(exp: Experiment, workdir: str, eval_iter, plan: dict | None = None) -> loop.Trainer:
   opts = exp.training
   k = opts.n_jitted_steps
   step = jax.jit(training.make_train_step(exp.train_loss, exp.optimizer, opts.ema_rate,
@@ -68,6 +132,15 @@ def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
                  out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
   eval_step = jax.jit(training.make_eval_step(exp.eval_loss))
   schedule = optim.learning_rate_schedule(opts.lr, opts.warmup)
+
+  @functools.partial(jax.jit, out_shardings=exp.replicated)
+  def verify(state, batches, train_key):
+    """The state to save gives a finite loss on the step's last batch, with its parameters and
+    its EMA: a blown-up update can leave huge but finite parameters."""
+    batch = jax.tree.map(lambda b: b[-1], batches)
+    key = jax.random.fold_in(train_key, state.step)
+    return training.tree_all_finite(eval_step(state.params, batch, key),
+                                    eval_step(state.ema_params, batch, key))
 
   def next_args(it):
     batches = [next(it) for _ in range(k)]  # stacked: images [k, B_local, H, W, C], labels [k, B_local]
@@ -99,9 +172,10 @@ def _score_trainer(exp: Experiment, workdir: str, eval_iter) -> loop.Trainer:
       samples, _ = exp.generate(key, state.ema_params, opts.snapshot_num_samples)
       write_sample_grid(exp.inverse_scaler(samples), step_reached, workdir, writer)
 
+  plan = plan or {"abstract_state": exp.abstract_state()}
   return loop.Trainer(
       name="train", init_state=functools.partial(_initial_state, exp),
-      abstract_state=exp.abstract_state(), step=step,
+      step=step, verify=verify, **plan,
       open_data=lambda start: exp.dataset(split="train", batch_size=opts.batch_size,
                                           shuffle_seed=exp.seed, start_step=start),
       next_args=next_args, log_scalars=log_scalars, evaluate=evaluate,

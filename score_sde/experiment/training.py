@@ -114,13 +114,21 @@ def ema_decay(step: jax.Array, ema_rate: float, warmup: bool) -> jax.Array:
   return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
 
 
+def tree_all_finite(*trees) -> jax.Array:
+  """Whether every floating leaf of ``trees`` is finite: one fused reduction (bool scalar)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     ema_rate: float, ema_warmup: bool = True) -> Callable:
   """Returns ``train_step(state, batches, train_key) -> (state, metrics [K])``.
 
   The EMA decays at ``ema_decay(step, ema_rate, ema_warmup)``. A `ConsistencyTrainState` also
   passes ``target_params`` and ``step`` to the loss and moves its target network at the loss's
-  ``aux['target_decay']``; the metrics then hold the loss's 'num_levels' too.
+  ``aux['target_decay']``; the metrics then hold the loss's 'num_levels' too. The metrics' 'finite'
+  says that the loss and the updated params and EMA are all finite (the loop's check before saves).
 
   ``batches``: {'image': [K, B, H, W, C]} plus 'label' int [K, B] for a class-conditional loss and
   'noise' [K, B, H, W, C] for a loss on (noise, data) couplings (reflow).
@@ -139,7 +147,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     fields = dict(step=state.step + 1, params=params, opt_state=opt_state,
                   ema_params=_ema(state.ema_params, params,
                                   ema_decay(state.step, ema_rate, ema_warmup)))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "finite": tree_all_finite(loss, fields["params"], fields["ema_params"])}
     if consistency:
       target = _ema(state.target_params, params, aux["target_decay"])
       metrics["num_levels"] = aux["num_levels"]

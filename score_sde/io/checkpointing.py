@@ -5,12 +5,21 @@ Two managers under the work directory, as in the reference layout:
 - ``checkpoints-meta/``: the frequent preemption checkpoint, only the latest kept.
 Saving is asynchronous on a single process (synchronous across several); orbax writes to a temporary directory and renames it when complete, so a
 process killed mid-save leaves no checkpoint that could be restored half-written.
+
+Every saved state is checked and recorded first: a state with a non-finite leaf is never saved
+(`NonFiniteStateError`), and a checksum of each leaf (computed on the devices, one uint32 per leaf)
+goes to ``<manager dir>-checksums/<step>.json``, written by process 0 before the save starts, so
+every committed step has its record. A restore verifies the state (finite, checksums equal) and
+falls back, newest first across both managers, past any checkpoint that is unreadable or fails the
+verification, with one log line each; the broken folder is never deleted (a training run, which
+would write that step again, renames it ``<step>.broken``).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -18,7 +27,12 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -85,10 +99,96 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 after_save_started: Optional[Callable[[int, "TrainCheckpoints"], None]] = None
 
 
+class NonFiniteStateError(FloatingPointError):
+  """A state with a NaN or infinite leaf was not saved."""
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint could be restored and verified (or a requested one is broken)."""
+
+
+# Odd multiplier of the position weights: every weight (2 i + 1) * _MIX is odd, hence invertible
+# modulo 2^32, so any change of one 32-bit word changes the leaf's checksum.
+_MIX = np.uint32(2654435761)
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of ``x`` as a flat uint32 vector (8-byte types give two words per element)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.reshape(-1).astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  w = _words(x)
+  weights = (2 * jnp.arange(w.size, dtype=jnp.uint32) + 1) * _MIX
+  return jnp.sum(w * weights, dtype=jnp.uint32)
+
+
+def _is_float(x) -> bool:
+  return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+@jax.jit
+def _fingerprint(tree):
+  """(all floating leaves finite, [uint32 checksum per leaf]): one fused pass on the devices, the
+  same on every process (the reductions are global)."""
+  leaves = jax.tree.leaves(tree)
+  finite = [jnp.all(jnp.isfinite(x)) for x in leaves if _is_float(x)]
+  return (jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True),
+          [_leaf_checksum(x) for x in leaves])
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating leaf of ``tree`` is finite (NaN and infinities are not)."""
+  return bool(_fingerprint(tree)[0])
+
+
+def fingerprint(tree: Any) -> tuple[bool, dict]:
+  """(all floating leaves finite, {leaf path: uint32 checksum of its bits})."""
+  finite, sums = jax.device_get(_fingerprint(tree))
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return bool(finite), {p: int(c) for p, c in zip(paths, sums)}
+
+
+def _atomic_write_json(path: str, record: dict) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(record, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+  text = str(e).strip().splitlines()
+  text = text[0] if text else ""
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether ``workdir`` holds a step folder (usable or not) of `TrainCheckpoints`."""
+  for sub in ("checkpoints", "checkpoints-meta"):
+    directory = os.path.join(workdir, sub)
+    if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+      return True
+  return False
+
+
 class TrainCheckpoints:
   """Snapshot and preemption checkpoints of a training run in ``workdir``."""
 
   def __init__(self, workdir: str, read_only: bool = False):
+    self.workdir = workdir
+    self.read_only = read_only
     self.snapshot_dir = os.path.join(workdir, "checkpoints")
     self.preemption_dir = os.path.join(workdir, "checkpoints-meta")
     self.snapshots = _manager(self.snapshot_dir, None, read_only)
@@ -98,22 +198,158 @@ class TrainCheckpoints:
     steps = [s for s in (self.snapshots.latest_step(), self.preemption.latest_step()) if s is not None]
     return max(steps) if steps else None
 
-  def restore_latest(self, target: Any) -> Optional[Any]:
-    """Restores the newest checkpoint into the structure/shardings of ``target``, or None."""
-    step = self.latest_step()
-    if step is None:
+  # --- checksums ---------------------------------------------------------------------------------
+
+  @staticmethod
+  def _checksum_dir(manager_dir: str) -> str:
+    return f"{manager_dir}-checksums"
+
+  def _checksum_path(self, manager_dir: str, step: int) -> str:
+    return os.path.join(self._checksum_dir(manager_dir), f"{step}.json")
+
+  def _write_checksums(self, manager, manager_dir: str, step: int, sums: dict) -> None:
+    """Process 0 records ``sums`` of ``step`` and drops the records of steps the manager deleted."""
+    if jax.process_index() != 0:
+      return
+    directory = self._checksum_dir(manager_dir)
+    os.makedirs(directory, exist_ok=True)
+    kept = set(manager.all_steps())
+    for name in os.listdir(directory):
+      stem = name[:-len(".json")] if name.endswith(".json") else ""
+      if stem.isdigit() and int(stem) not in kept and int(stem) < step:
+        os.remove(os.path.join(directory, name))
+    _atomic_write_json(self._checksum_path(manager_dir, step),
+                       {"step": step, "checksum": "uint32 sum of the bits, position-weighted",
+                        "leaves": sums})
+
+  # --- restore -----------------------------------------------------------------------------------
+
+  def _verify(self, state: Any, manager_dir: str, step: int) -> Optional[str]:
+    """None if ``state`` is finite and matches its recorded checksums, else the reason."""
+    finite, sums = fingerprint(state)
+    if not finite:
+      return "non-finite values in the restored state"
+    path = self._checksum_path(manager_dir, step)
+    if not os.path.exists(path):
+      log.info("Checkpoint %s has no checksum record (written before checksums were kept); "
+               "checked for finite values only.", os.path.join(manager_dir, str(step)))
       return None
-    manager = self.preemption if self.preemption.latest_step() == step else self.snapshots
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    try:
+      recorded = json.load(open(path))["leaves"]
+    except (OSError, ValueError, KeyError) as e:
+      return f"unreadable checksum record {path} ({_first_line(e)})"
+    common = [k for k in sums if k in recorded]
+    if not common:
+      return f"its checksum record {path} names none of the restored leaves"
+    bad = [k for k in common if sums[k] != recorded[k]]
+    if bad:
+      return (f"checksum mismatch in {len(bad)} of {len(common)} leaves (first {bad[0]}): the "
+              "data files changed after the save")
+    return None
+
+  def _try_restore(self, manager, manager_dir: str, step: int, target: Any):
+    """(state, None) or (None, the reason it is unusable)."""
+    folder = os.path.join(manager_dir, str(step))
+    if os.path.isdir(folder) and not os.listdir(folder):
+      return None, "empty step folder"
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    except Exception as e:  # orbax/tensorstore raise many types for unreadable files
+      return None, f"unreadable ({_first_line(e)})"
+    reason = self._verify(state, manager_dir, step)
+    return (None, reason) if reason else (state, None)
+
+  def _candidates(self) -> list[tuple[int, Any, str]]:
+    """(step, manager, its folder), newest first; the preemption copy of a step before its snapshot."""
+    out = []
+    for manager, directory in ((self.preemption, self.preemption_dir),
+                               (self.snapshots, self.snapshot_dir)):
+      manager.reload()
+      steps = set(manager.all_steps())
+      if os.path.isdir(directory):  # orbax may not list a step folder it cannot parse
+        steps |= {int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n))}
+      out += [(step, manager, directory) for step in steps]
+    order = {id(self.preemption): 0, id(self.snapshots): 1}
+    return sorted(out, key=lambda c: (-c[0], order[id(c[1])]))
+
+  def _set_aside(self, manager_dir: str, step: int) -> str:
+    """Renames a broken step folder (and its checksum record) out of orbax's sight, so that the
+    run resuming before it can save that step again; nothing is deleted. Process 0 renames."""
+    folder = os.path.join(manager_dir, str(step))
+    target = f"{folder}.broken"
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = f"{folder}.broken{n}"
+    if jax.process_index() == 0:
+      os.rename(folder, target)
+      record = self._checksum_path(manager_dir, step)
+      if os.path.exists(record):
+        os.rename(record, f"{record[:-len('.json')]}{target[len(folder):]}.json")
+    return target
+
+  def restore_latest(self, target: Any) -> Optional[Any]:
+    """Restores the newest usable checkpoint into the structure/shardings of ``target``; None if
+    there is no checkpoint at all.
+
+    Steps are tried newest first across both managers; one that is unreadable (truncated or
+    missing files, an empty folder) or fails verification (non-finite values, a checksum
+    mismatch) is skipped with one log line naming the folder and the reason. A writable
+    `TrainCheckpoints` (a training run) renames a skipped folder to ``<step>.broken`` so that the
+    step can be saved again; a read-only one leaves it. Raises `CheckpointError` naming the
+    folders if no checkpoint is usable.
+    """
+    skipped = []
+    for step, manager, directory in self._candidates():
+      state, reason = self._try_restore(manager, directory, step, target)
+      if state is None:
+        skipped.append((directory, step, reason))
+        continue
+      folder = os.path.join(directory, str(step))
+      for skipped_dir, skipped_step, why in skipped:
+        kept = ("left in place" if self.read_only
+                else f"kept as {self._set_aside(skipped_dir, skipped_step)}")
+        log.warning("Skipping checkpoint %s: %s; %s; falling back to %s.",
+                    os.path.join(skipped_dir, str(skipped_step)), why, kept, folder)
+      if skipped and not self.read_only:
+        _sync("score_sde_checkpoints_set_aside")
+        self.preemption.reload()
+        self.snapshots.reload()
+      return state
+    if not skipped:
+      return None
+    for directory, step, why in skipped:
+      log.warning("Skipping checkpoint %s: %s.", os.path.join(directory, str(step)), why)
+    folders = ", ".join(os.path.join(d, str(s)) for d, s, _ in skipped)
+    raise CheckpointError(f"No usable checkpoint in {self.workdir}: {folders} are unreadable or "
+                          "fail verification (see the log lines above); they were left in place. "
+                          "Move them away to start from scratch, or point --workdir elsewhere.")
 
   def restore_snapshot(self, step: int, target: Any) -> Any:
-    return self.snapshots.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    """Snapshot ``step``, verified; `CheckpointError` (one line) if it is unreadable or broken."""
+    state, reason = self._try_restore(self.snapshots, self.snapshot_dir, step, target)
+    if state is None:
+      raise CheckpointError(f"Checkpoint {os.path.join(self.snapshot_dir, str(step))} is "
+                            f"unusable: {reason}.")
+    return state
 
   def save(self, step: int, state: Any, *, snapshot: bool) -> None:
-    """Starts an asynchronous save to the preemption (and, if ``snapshot``, snapshot) manager."""
-    self.preemption.save(step, args=ocp.args.StandardSave(state), force=True)
+    """Starts an asynchronous save to the preemption (and, if ``snapshot``, snapshot) manager,
+    after recording the state's checksums; `NonFiniteStateError` (nothing saved) if a floating
+    leaf is not finite."""
+    finite, sums = fingerprint(state)
+    if not finite:
+      raise NonFiniteStateError(f"The state at step {step} has non-finite values; not saved.")
+    targets = [(self.preemption, self.preemption_dir)]
     if snapshot:
-      self.snapshots.save(step, args=ocp.args.StandardSave(state), force=True)
+      targets.append((self.snapshots, self.snapshot_dir))
+    for manager, directory in targets:
+      manager.wait_until_finished()  # orbax would wait too; the record must follow the last save
+      self._write_checksums(manager, directory, step, sums)
+    _sync(f"score_sde_checksums_{step}")
+    for manager, _ in targets:
+      manager.save(step, args=ocp.args.StandardSave(state), force=True)
     if after_save_started is not None:
       after_save_started(step, self)
 
