@@ -178,6 +178,9 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 5  # passes over the bits/dim split, each with fresh dequantization
+  # Step-size control of the bits/dim ODE solves: 'per_sample' (a sample's bits/dim independent of
+  # its batch) or 'batch' (one error norm over the batch, as the reference's scipy RK45).
+  evaluate.bpd_step_control = "per_sample"
   # Inception metrics (FID, KID, IS), computed when Inception weights are given (docs/metrics.md).
   evaluate.fid_stats_split = "train"  # the reference split, as for published CIFAR-10 FIDs
   evaluate.fid_stats_num_images = 0  # cap on the reference images; 0 takes the whole split

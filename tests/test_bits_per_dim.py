@@ -69,3 +69,17 @@ def test_bits_per_dim_with_dequantization_matches_expected_value(x64):
   g = y_bar @ np.linalg.inv(c)
   se = np.sqrt(du_var * np.sum(g**2, -1) / n_repeats) / (3 * math.log(2))
   assert np.all(np.abs(np.asarray(bpd) - expected) < 4 * se + 2e-3), (bpd, expected, se)
+
+
+@pytest.mark.slow
+def test_bits_per_dim_batch_step_control_matches_closed_form(x64):
+  """step_control='batch' (one error norm over the batch) gives the closed form as 'per_sample'."""
+  model, sde, x = _gaussian_setup()
+  y = np.asarray(2 * x - 1)
+  expected = _gaussian_nll_nats(sde, model.covs[0], y) / (3 * math.log(2)) + 7
+  for control in ("per_sample", "batch"):
+    bpd, nfe = likelihood.bits_per_dim(jax.random.PRNGKey(0), model.score_fn(sde), sde, x,
+                                       centered=True, dequantize=False, divergence="exact",
+                                       step_control=control)
+    np.testing.assert_allclose(bpd, expected, atol=2e-3, err_msg=control)
+    assert np.ndim(nfe) == 0 and int(nfe) > 0

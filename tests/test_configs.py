@@ -131,7 +131,7 @@ REQUIRED_FIELDS = {
                      guidance_scale=FLOAT, class_label=INT),
     "eval": dict(begin_ckpt=INT, end_ckpt=INT, batch_size=INT, enable_sampling=BOOL,
                  num_samples=INT, enable_loss=BOOL, enable_bpd=BOOL, bpd_dataset=STR,
-                 bpd_num_repeats=INT, fid_stats_split=STR, fid_stats_num_images=INT,
+                 bpd_num_repeats=INT, bpd_step_control=STR, fid_stats_split=STR, fid_stats_num_images=INT,
                  fid_stats_path=OPTIONAL_STR, inception_batch_size=INT,
                  enable_precision_recall=BOOL),
     "data": dict(dataset=STR, image_size=INT, random_flip=BOOL, centered=BOOL,

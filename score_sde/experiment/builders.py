@@ -28,7 +28,7 @@ from score_sde.io import datasets
 from score_sde.models import ncsn
 from score_sde.models.classifier import NoiseConditionalWideResNet
 from score_sde.models.ncsnpp import NCSNpp
-from score_sde.samplers import SAMPLERS, correctors, predictors
+from score_sde.samplers import SAMPLERS, correctors, likelihood, predictors
 
 
 def check_choice(value: Any, choices: Iterable, field: str) -> None:
@@ -481,13 +481,16 @@ def get_classifier_options(config) -> ClassifierOptions | None:
 
 def get_eval_options(config) -> EvalOptions:
   e = config.eval
+  step_control = e.get("bpd_step_control", "per_sample")
+  check_choice(step_control, likelihood.STEP_CONTROLS, "config.eval.bpd_step_control")
   return EvalOptions(
       begin_ckpt=e.begin_ckpt, end_ckpt=e.end_ckpt, snapshot_freq=config.training.snapshot_freq,
       checkpoint_timeout_s=e.get("checkpoint_timeout_s", 3600.0), batch_size=e.batch_size,
       enable_loss=e.enable_loss, enable_bpd=e.enable_bpd, enable_sampling=e.enable_sampling,
       num_samples=e.num_samples, bpd_dataset=e.get("bpd_dataset", "test"),
       bpd_num_repeats=e.get("bpd_num_repeats", 5), bpd_rtol=e.get("bpd_rtol", 1e-5),
-      bpd_atol=e.get("bpd_atol", 1e-5), enable_precision_recall=e.enable_precision_recall,
+      bpd_atol=e.get("bpd_atol", 1e-5), bpd_step_control=step_control,
+      enable_precision_recall=e.enable_precision_recall,
       inception_batch_size=e.inception_batch_size)
 
 

@@ -45,7 +45,8 @@ def bits_per_dim(exp: Experiment, params, key) -> float:
   ev = exp.eval
   bpd_fn = jax.jit(lambda k, x: likelihood_lib.bits_per_dim(
       k, model, exp.sde, x, centered=exp.data.centered, dequantize=True,
-      n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol)[0])
+      n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
+      step_control=ev.bpd_step_control)[0])
   values = []
   with exp.dataset(split=ev.bpd_dataset, batch_size=ev.batch_size, num_epochs=1, evaluation=True,
                    drop_remainder=False) as it:

@@ -76,6 +76,7 @@ class EvalOptions:
   bpd_num_repeats: int
   bpd_rtol: float
   bpd_atol: float
+  bpd_step_control: str  # 'per_sample' or 'batch' (samplers.likelihood.log_likelihood)
   enable_precision_recall: bool
   inception_batch_size: int
 

@@ -7,8 +7,17 @@ solved as one augmented ODE [x, Delta] with dDelta/dt = div F, from eps up to T,
 log p_T replaced by the prior. The divergence is exact (D Jacobian-vector products) or the
 Hutchinson-Skilling estimate v^T (dF/dx) v with one probe v per sample, fixed for the whole solve.
 
-Every sample is solved on its own (vmap), with its own adaptive step control and its own probe
-drawn from fold_in(key, b), so its log-likelihood does not depend on the rest of the batch.
+Step-size control (``step_control``):
+  - 'per_sample' (default): every sample is solved on its own (vmap), with its own adaptive step
+    control, so its log-likelihood does not depend on the rest of the batch (nor on batch size,
+    order or sharding). Under vmap the batch runs until its slowest sample has finished: the batch
+    pays the largest per-sample NFE, and finished samples keep being evaluated (masked).
+  - 'batch': the whole batch is ONE ODE state [x_1..x_B, Delta_1..Delta_B] with one error norm
+    (diffrax's RMS norm over the whole state, as scipy's ``solve_ivp`` on the reference's flattened
+    batch), one step size and one NFE for the batch. A sample's result then depends (within the
+    tolerance) on the other samples of its batch. Use it for throughput and for parity with the
+    reference; use 'per_sample' where results must not depend on batching or sharding.
+Either way sample b's probe is drawn from fold_in(key, b).
 ``model`` is a score function or a ``parametrization.Denoiser``, converted to a score at entry.
 """
 from __future__ import annotations
@@ -27,6 +36,7 @@ from score_sde.samplers import common, ode
 Array = jax.Array
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
+STEP_CONTROLS = ("per_sample", "batch")
 
 
 def _probe(key: Array, x: Array, divergence: str) -> Array:
@@ -52,9 +62,37 @@ def _augmented_field(drift, divergence: str, probe: Array):
   return field
 
 
+def check_step_control(step_control: str) -> None:
+  if step_control not in STEP_CONTROLS:
+    raise ValueError(f"Unknown step_control {step_control!r}; valid choices are {STEP_CONTROLS}.")
+
+
+def batch_field(model: Model, sde: SDE, divergence: str, probes: Array):
+  """(t, (x [B, ...], Delta [B])) -> (F(x, t) [B, ...], div F [B]) for the whole batch: the
+  per-sample augmented field of ``log_likelihood`` (probes [B, ...]), evaluated as one batched call."""
+  model = common.as_model(model)
+
+  def field(t, state):
+    x, delta = state
+
+    def one(model_b, xi, di, pi):
+      drift = ode.probability_flow_drift(parametrization.as_score_fn(model_b, sde), sde)
+      return _augmented_field(drift, divergence, pi)(t, (xi, di))
+
+    return common.vmap_over_samples(one, model, x, delta, probes)
+
+  return field
+
+
+def probes_for(key: Array, x: Array, divergence: str) -> Array:
+  """The Hutchinson probes [B, ...] of ``log_likelihood``: probe b from fold_in(key, b)."""
+  return jax.vmap(lambda k, xi: _probe(k, xi, divergence))(common.sample_keys(key, x.shape[0]), x)
+
+
 def log_likelihood(key: Array, model: Model, sde: SDE, x: Array, *,
                    divergence: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                   eps: float = 1e-5, solver: str = "tsit5") -> tuple[Array, Array, Array]:
+                   eps: float = 1e-5, solver: str = "tsit5",
+                   step_control: str = "per_sample") -> tuple[Array, Array, Array]:
   """log p(x) in nats per sample via the probability-flow ODE.
 
   Args:
@@ -63,43 +101,56 @@ def log_likelihood(key: Array, model: Model, sde: SDE, x: Array, *,
     divergence: 'rademacher' or 'gaussian' (Hutchinson-Skilling, unbiased) or 'exact'
       (D forward-mode Jacobian-vector products per evaluation; for small D).
     solver: a diffrax solver of ``ode.SOLVERS``.
+    step_control: 'per_sample' (each sample its own adaptive steps; results independent of the
+      batch) or 'batch' (one ODE for the whole batch with one RMS error norm, as the reference's
+      scipy RK45; fewer evaluations, but results depend on the batch within the tolerance).
   Returns:
-    (logp [B], z = x(T) [B, ...], nfe): nfe counts batched evaluations of the augmented field,
-    each one score evaluation with its Jacobian-vector product(s).
+    (logp [B], z = x(T) [B, ...], nfe): nfe (one number for the batch) counts batched
+    evaluations of the augmented field, each one score evaluation with its Jacobian-vector
+    product(s); with 'per_sample' it is the largest per-sample count, which the batch pays.
   """
   if divergence not in DIVERGENCES:
     raise ValueError(f"Unknown divergence {divergence!r}; valid choices are {DIVERGENCES}.")
+  check_step_control(step_control)
   ode.get_solver(solver)
   common.check_tolerances(rtol, atol)
   eps = common.resolve_eps(sde, eps)
-  return _log_likelihood(key, common.as_model(model), sde, x, rtol, atol, eps,
-                         divergence=divergence, solver=solver)
+  logp, z, nfe = _log_likelihood(key, common.as_model(model), sde, x, rtol, atol, eps,
+                                 divergence=divergence, solver=solver, step_control=step_control)
+  return logp, z, jnp.max(nfe)
 
 
-@functools.partial(jax.jit, static_argnames=("divergence", "solver"))
-def _log_likelihood(key, model, sde, x, rtol, atol, eps, *, divergence, solver):
-  probe_keys = common.sample_keys(key, x.shape[0])
-
-  def one(model_b, xi, k):
-    drift = ode.probability_flow_drift(parametrization.as_score_fn(model_b, sde), sde)
-    field = _augmented_field(drift, divergence, _probe(k, xi, divergence))
-    (z, delta), nfe = ode.solve_adaptive(field, (xi, jnp.zeros((), xi.dtype)), eps, sde.T,
-                                         rtol=rtol, atol=atol, solver=solver)
-    return z, delta, nfe
-
+@functools.partial(jax.jit, static_argnames=("divergence", "solver", "step_control"))
+def _log_likelihood(key, model, sde, x, rtol, atol, eps, *, divergence, solver, step_control):
+  """(logp [B], z [B, ...], nfe): nfe [B] per sample for 'per_sample', a scalar for 'batch'."""
   # A non-finite sample would stall its adaptive solve (and so the batch's): it is solved as
   # zeros instead and gets a NaN log-likelihood.
   finite = jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)  # [B]
   x_safe = jnp.where(common.batch_mask(finite, x), x, 0.0)
-  z, delta, nfe = common.vmap_over_samples(one, model, x_safe, probe_keys)
+  probes = probes_for(key, x_safe, divergence)
+
+  if step_control == "batch":
+    field = batch_field(model, sde, divergence, probes)
+    (z, delta), nfe = ode.solve_adaptive(
+        field, (x_safe, jnp.zeros(x.shape[:1], x.dtype)), eps, sde.T, rtol=rtol, atol=atol,
+        solver=solver)
+  else:
+    def one(model_b, xi, pi):
+      drift = ode.probability_flow_drift(parametrization.as_score_fn(model_b, sde), sde)
+      field = _augmented_field(drift, divergence, pi)
+      (z, delta), nfe = ode.solve_adaptive(field, (xi, jnp.zeros((), xi.dtype)), eps, sde.T,
+                                           rtol=rtol, atol=atol, solver=solver)
+      return z, delta, nfe
+
+    z, delta, nfe = common.vmap_over_samples(one, model, x_safe, probes)
   logp = jnp.where(finite, sde.prior_logp(z) + delta, jnp.nan)
-  return logp, jnp.where(common.batch_mask(finite, z), z, jnp.nan), jnp.max(nfe)
+  return logp, jnp.where(common.batch_mask(finite, z), z, jnp.nan), nfe
 
 
 def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool,
                  dequantize: bool = True, n_repeats: int = 1, divergence: str = "rademacher",
                  rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
-                 solver: str = "tsit5") -> tuple[Array, Array]:
+                 solver: str = "tsit5", step_control: str = "per_sample") -> tuple[Array, Array]:
   """Negative log-likelihood in bits per dimension of 8-bit data x in [0, 1], shape [B, ...].
 
   The model sees scaler(x) = 2x - 1 if ``centered`` else x, i.e. ``scale`` [0, 1] shifted, and
@@ -116,10 +167,13 @@ def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool
   density near the data grows like std(eps)^-D), so -log2 p / D can exceed the offset and the
   "bits/dim" can be negative: it is then not a code length at all.
 
+  ``step_control`` is that of ``log_likelihood`` ('per_sample' or 'batch').
+
   Returns (bpd [B] averaged over repeats, nfe summed over repeats).
   """
   if n_repeats < 1:
     raise ValueError(f"n_repeats must be >= 1; got {n_repeats}.")
+  check_step_control(step_control)
   scale = 2.0 if centered else 1.0
   d = math.prod(x.shape[1:])
   offset = 8.0 - math.log2(scale)
@@ -133,7 +187,8 @@ def bits_per_dim(key: Array, model: Model, sde: SDE, x: Array, *, centered: bool
           common.sample_keys(k_deq, x.shape[0]))
       data = (255.0 * x + u) / 256.0
     logp, _, nfe = log_likelihood(k_probe, model, sde, scale * data - (scale - 1.0),
-                                  divergence=divergence, rtol=rtol, atol=atol, eps=eps, solver=solver)
+                                  divergence=divergence, rtol=rtol, atol=atol, eps=eps, solver=solver,
+                                  step_control=step_control)
     total_bpd = total_bpd + (-logp / (d * math.log(2.0)) + offset)
     total_nfe = total_nfe + nfe
   return total_bpd / n_repeats, total_nfe
