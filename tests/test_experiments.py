@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Script -> extra arguments; `{tmp}` is the test's temporary directory (no file of docs/ is written).
 SCRIPTS = {
+    "bench_device.py": [],
     "bench_models.py": [],
     "bench_samplers.py": [],
     "bench_train_step.py": [],
