@@ -38,7 +38,6 @@ This module imports only `score_sde.io.torch_pickle` from the project (the torch
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Sequence
 
@@ -48,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.io import torch_pickle
+from score_sde.metrics.convert_inception import file_sha256
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILENAME
@@ -193,14 +193,6 @@ def lpips_distance(params, x, y):
 
 # ---------------------------------------------------------------------------------------------------
 # Loading from local files.
-
-
-def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(chunk_bytes):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 _FILES = {
