@@ -85,7 +85,7 @@ def scipy_rk45(field, y_model, probes_shape, eps, T, rtol, atol):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=os.path.join(ROOT, "configs/digits/ddpmpp_vp_small.py"))
-  parser.add_argument("--workdir", required=True, help="work directory of the trained model")
+  parser.add_argument("--workdir", default=None, help="work directory of the trained model")
   parser.add_argument("--train_steps", type=int, default=0,
                       help="first train the config for this many steps into --workdir (main.py)")
   parser.add_argument("--reference", default=None, help="checkout of yang-song/score_sde_pytorch")
@@ -98,7 +98,15 @@ def main():
   parser.add_argument("--repeats", type=int, default=1, help="timed runs per row (median reported)")
   parser.add_argument("--skip_scipy", action="store_true")
   parser.add_argument("--write", action="store_true", help="write the table to docs/performance.md")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke test: 2 training steps into a temporary workdir, 2 images, tol 1e-3")
   args = parser.parse_args()
+  if args.quick:
+    import tempfile
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="likelihood_nfe_")
+    args.train_steps, args.num_images, args.tol, args.solvers = 2, 2, 1e-3, "dopri5"
+  if not args.workdir:
+    parser.error("--workdir is required (or --quick)")
 
   ref_commit = check_reference(args.reference) if args.reference else None
   if args.train_steps:

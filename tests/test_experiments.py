@@ -19,6 +19,7 @@ SCRIPTS = {
     "inpainting_bias.py": [],
     "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
     "few_step_study.py": ["--figure", "{tmp}/few_step.png", "--doc", "{tmp}/few_step.md"],
+    "likelihood_nfe.py": [],
     "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
     "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
 }
