@@ -159,6 +159,7 @@ def test_before_disc_start_the_autoencoder_step_ignores_the_discriminator():
                with_disc.disc_params)
 
 
+@pytest.mark.slow  # ~6 s: compiles the autoencoder step
 def test_step_loss_is_the_ldm_objective_without_discriminator():
   images = jax.random.uniform(jax.random.PRNGKey(4), (8, 16, 16, 1)) * 2 - 1
   opts, _, state, step = _state_and_step(tiny_config(disc_start=-1, rec_loss="l2",
@@ -174,6 +175,7 @@ def test_step_loss_is_the_ldm_objective_without_discriminator():
   assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-5)
 
 
+@pytest.mark.slow  # ~5 s: compiles the encoder twice
 def test_scale_by_std_makes_the_scaled_latents_unit_variance():
   opts = builders.get_autoencoder_options(tiny_config())
   params = random_state(opts.spec, optax.adam(1e-3)).params["autoencoder"]

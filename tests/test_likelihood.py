@@ -118,6 +118,7 @@ def test_batch_step_control_matches_closed_form_like_per_sample(sde, x64):
   assert errors["batch"].max() < 1e-3, errors
 
 
+@pytest.mark.slow  # 5-7 s: two adaptive solves
 def test_batch_step_control_of_copies_is_the_per_sample_solve(x64):
   """B copies of one sample have the RMS error norm of that sample alone: the batch solve takes
   the per-sample solve's steps, so its NFE and log-likelihoods are the per-sample ones."""
