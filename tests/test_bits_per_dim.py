@@ -53,6 +53,7 @@ def test_bits_per_dim_matches_closed_form_without_dequantization(centered, x64):
   assert int(nfe) > 0
 
 
+@pytest.mark.slow  # ~8 s: an adaptive solve in float64
 def test_bits_per_dim_with_dequantization_matches_expected_value(x64):
   model, sde, x = _gaussian_setup()
   n_repeats = 4

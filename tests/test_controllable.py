@@ -129,6 +129,7 @@ def _mixture_and_classifier(sde):
   return mix, log_prob
 
 
+@pytest.mark.slow  # ~7 s: 4000 samples in float64
 def test_classifier_guidance_scale_one_is_the_exact_conditional_score(x64):
   sde = sde_lib.VPSDE(**VP)
   mix, log_prob = _mixture_and_classifier(sde)
@@ -141,6 +142,7 @@ def test_classifier_guidance_scale_one_is_the_exact_conditional_score(x64):
     np.testing.assert_allclose(guided(x, t), conditional.marginal_score(sde, x, t), atol=1e-10)
 
 
+@pytest.mark.slow  # 7-8 s per scale
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 def test_classifier_guided_samples_reweight_the_components(x64, scale):
   """Scale 1 gives p(x | y) exactly: component weights 0.7 / 0.3 for y = 0 (0.3 / 0.7 for y = 1).
@@ -197,6 +199,7 @@ def test_cfg_score_is_the_score_of_the_tilted_gaussian(x64):
     np.testing.assert_allclose(guided(x, jnp.full((n,), t)), expected, atol=1e-10)
 
 
+@pytest.mark.slow  # ~6 s: 4000 samples in float64
 def test_cfg_with_equal_covariances_samples_the_tilted_gaussian(x64):
   """With a shared covariance the tilt of every p_t is the diffusion of N((1+w) mu_c - w mu_u, S):
   guidance is exact, so PC and ODE samples must match that Gaussian."""

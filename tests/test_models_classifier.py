@@ -74,6 +74,7 @@ def test_logits_shape_finite_and_train_flag(tiny):
   np.testing.assert_array_equal(logits, model.apply({'params': params}, x, sigma, train=True))
 
 
+@pytest.mark.slow  # ~7 s: compiles the WRN
 def test_logits_depend_on_noise_scale(tiny):
   model, params, x, _ = tiny
   same_x = jnp.concatenate([x[:1], x[:1]])

@@ -157,6 +157,7 @@ def test_every_option_combination_builds(combo):
   assert set(variables) == {"params"}
 
 
+@pytest.mark.slow  # 4-14 s per combination: compiles a full NCSN++ each
 @pytest.mark.parametrize("combo", PAIRWISE)
 def test_option_combinations_run_and_condition_on_noise(combo):
   model = get_model(combo_config(*combo))
@@ -204,6 +205,7 @@ def test_centered_handling():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~5 s: initialises NCSN++ several times
 def test_initialisation_scales():
   """fan_avg uniform init: limit sqrt(3 scale / fan_avg); init_scale 0 -> 1e-10; NIN scale 0.1."""
   block = ResnetBlockBigGANpp(act=jax.nn.swish, out_ch=16, init_scale=0.0)
