@@ -112,6 +112,18 @@ def get_default_configs() -> ml_collections.ConfigDict:
   latent.autoencoder_workdir = placeholder(str)
   latent.scale_factor = 0.0
 
+  # ControlNet (Zhang et al. 2023; experiment/controlnet.py): control_type non-empty makes the model
+  # the frozen network of controlnet.base_workdir plus a trainable ControlNet that sees the control
+  # image (--mode train_controlnet, then --mode sample [--control FOLDER]).
+  config.controlnet = controlnet = ml_collections.ConfigDict()
+  controlnet.control_type = ""  # one of experiment/controlnet.CONTROL_TYPES, e.g. 'sobel_edges'
+  controlnet.base_workdir = placeholder(str)  # the trained base model's workdir
+  controlnet.drop_prob = 0.0  # training: the control image is replaced by zeros (null control)
+  controlnet.control_scale = 1.0  # sampling: multiplies every residual (0: the base model)
+  controlnet.guidance_scale = 0.0  # sampling: w of (1 + w) f(control) - w f(null control)
+  controlnet.control_depth = 0  # DiT: blocks in the trainable copy (0: half of them)
+  controlnet.hint_channels = (16, 16, 32, 32)  # the hint encoder's 3x3 convolutions
+
   # Super-resolution (SR3, cascaded diffusion): factor > 1 makes the score network take the
   # factor-times average-pooled image (experiment/super_resolution.py), noised at training by the
   # SDE's forward process at level s ~ U[0, aug_max] (CDM's conditioning augmentation) and at

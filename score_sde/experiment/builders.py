@@ -51,7 +51,16 @@ def get_sde(config) -> sde_lib.SDE:
 
 
 def get_optimizer(config):
-  return _optimizer_of(config.optim)
+  """config.optim's optimiser; of a ControlNet, on its trainable parameters only."""
+  return _controlled_optimizer(config, _optimizer_of(config.optim))
+
+
+def _controlled_optimizer(config, optimizer):
+  if not is_controlnet(config):
+    return optimizer
+  from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+
+  return controlnet.freeze_base(optimizer)
 
 
 def _optimizer_of(o):
@@ -245,6 +254,34 @@ def get_super_resolution(config):
                                           sample_aug_level=float(s.sample_aug_level))
 
 
+def is_controlnet(config) -> bool:
+  """Whether the model is a frozen base network under a ControlNet (config.controlnet)."""
+  return bool(config.get("controlnet", {}).get("control_type"))
+
+
+def get_controlnet(config):
+  """`controlnet.ControlSpec` of config.controlnet, or None without a control type."""
+  if not is_controlnet(config):
+    return None
+  from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+
+  c = config.controlnet
+  return controlnet.ControlSpec(control_type=c.control_type, drop_prob=float(c.drop_prob),
+                                control_scale=float(c.control_scale),
+                                guidance_scale=float(c.guidance_scale))
+
+
+def _controlled_module(config, module, model_side: int):
+  """The base ``module`` under the ControlNet of config.controlnet (models/controlnet.py)."""
+  from score_sde.models import controlnet  # pylint: disable=import-outside-toplevel
+
+  c = config.controlnet
+  return controlnet.ControlledModel(
+      base=module, controlnet=controlnet.for_backbone(
+          module, config.model.name, model_side, config.data.image_size,
+          control_depth=c.control_depth, hint_channels=tuple(c.hint_channels)))
+
+
 def _dit_fields(config) -> dict:
   """Arguments of DiT (models/dit.py); labels are dropped by the loss (training.class_dropout)."""
   m = config.model
@@ -374,7 +411,7 @@ def sampler_options(config, sample_fn: Callable) -> dict:
 
 def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
                 classifier_fn=None, decode: Callable | None = None,
-                super_resolution=None) -> Callable:
+                super_resolution=None, controlnet=None) -> Callable:
   """``sample(key, params, batch_size, labels=None, classifier_params=None) -> (x, info)``, jitted.
 
   ``config.sampling.method`` picks the sampler of ``samplers.SAMPLERS``; its options come from
@@ -383,7 +420,8 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
   ``batch_size`` is static: one compilation per batch size. ``decode`` (latent diffusion) maps the
   sampler's output to images inside the same compiled function. With ``super_resolution`` the
   sampler takes ``low_res`` [B, H/f, W/f, C], augmented at the sampling level with the first half of
-  the key.
+  the key. With ``controlnet`` (a `controlnet.ControlSpec`) it takes ``control`` [B, H, W, C_c], the
+  control images, at the spec's control and guidance scales.
   """
   method = config.sampling.method.lower()
   check_choice(method, SAMPLERS, "config.sampling.method")
@@ -392,8 +430,14 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
   network_model = get_network_model(config, sde)
   k = num_classes(config)
 
-  def sample(key, params, batch_size, labels=None, classifier_params=None, low_res=None):
+  def sample(key, params, batch_size, labels=None, classifier_params=None, low_res=None,
+             control=None):
     network_fn = model_fn
+    if controlnet is not None:
+      from score_sde.experiment.controlnet import bind  # pylint: disable=import-outside-toplevel
+      if control is None:
+        raise ValueError("A ControlNet model samples given control [B, H, W, C] (control images).")
+      network_fn = bind(model_fn, control, controlnet.control_scale, controlnet.guidance_scale)
     if super_resolution is not None:
       from score_sde.experiment.super_resolution import conditioned_model_fn  # pylint: disable=import-outside-toplevel
       if low_res is None:
@@ -559,9 +603,11 @@ def get_state_init(config, module=None, optimizer=None,
   shape = (1, *(input_shape or (d.image_size, d.image_size, d.num_channels)))
   with_target = objective(config) in consistency.OBJECTIVES
   sr = get_super_resolution(config)
+  control = get_controlnet(config)
+  control_shape = (d.image_size, d.image_size, control.channels) if control else None
   init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
                                                        num_classes(config), with_target,
-                                                       sr.factor if sr else 1),
+                                                       sr.factor if sr else 1, control_shape),
                  out_shardings=distributed.replicated(distributed.data_mesh()))
   return functools.partial(init, root_keys(config)[1])
 
@@ -580,6 +626,8 @@ def check_config(config) -> None:
   sr = config.get("super_resolution")
   if sr is not None and sr.factor > 1:
     _check_super_resolution(config)
+  if is_controlnet(config):
+    _check_controlnet(config)
   if objective(config) in consistency.OBJECTIVES and config.eval.enable_bpd:
     raise ValueError(f"config.training.loss={objective(config)!r} trains a consistency function, "
                      "which defines no probability-flow ODE and hence no likelihood: set "
@@ -626,12 +674,32 @@ def _check_super_resolution(config) -> None:
                        "on the low-resolution image. Turn it off.")
 
 
+def _check_controlnet(config) -> None:
+  from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+  from score_sde.models.controlnet import BACKBONES  # pylint: disable=import-outside-toplevel
+
+  c = config.controlnet
+  check_choice(c.control_type, controlnet.CONTROL_TYPES, "config.controlnet.control_type")
+  if config.model.name not in BACKBONES:
+    raise ValueError(f"config.controlnet needs a backbone with skip features: config.model.name one "
+                     f"of {list(BACKBONES)}, not {config.model.name!r}.")
+  if not 0.0 <= c.drop_prob < 1.0:
+    raise ValueError(f"config.controlnet.drop_prob={c.drop_prob} is a probability in [0, 1).")
+  if c.guidance_scale < 0:
+    raise ValueError(f"config.controlnet.guidance_scale={c.guidance_scale} must be >= 0.")
+  if config.eval.enable_bpd:
+    raise ValueError("config.eval.enable_bpd=True is not available for a ControlNet model: its "
+                     "likelihood would be conditional on the control image. Turn it off.")
+
+
 # --- the work directory's config record (resume checks) -----------------------------------------
 
 # Fields that define the trained network or the diffusion it learnt: a resumed run may not change
 # them. Every config.model field is one, except those of the EMA, which only average the weights.
 RESUME_REFUSED_FIELDS = ("model.", "training.sde", "training.continuous", "training.loss",
-                         "data.image_size", "data.num_channels")
+                         "data.image_size", "data.num_channels", "controlnet.control_type",
+                         "controlnet.base_workdir", "controlnet.control_depth",
+                         "controlnet.hint_channels")
 RESUME_ALLOWED_MODEL_FIELDS = ("model.ema_rate", "model.ema_warmup")
 
 
@@ -672,7 +740,7 @@ def recorded_optimizer(recorded: dict, config):
   fields = recorded.get("optim")
   if not isinstance(fields, dict) or fields == config_record(config).get("optim"):
     return None
-  return _optimizer_of(ml_collections.ConfigDict(fields))
+  return _controlled_optimizer(config, _optimizer_of(ml_collections.ConfigDict(fields)))
 
 
 def is_latent(config) -> bool:
@@ -727,14 +795,18 @@ def _encoding_loss(loss_fn: Callable, latent_space) -> Callable:
   return loss
 
 
-def _loss(config, sde, model_fn, latent_space, sr, *, train: bool):
-  """The configured objective, wrapped for latent diffusion or super-resolution."""
+def _loss(config, sde, model_fn, latent_space, sr, control, *, train: bool):
+  """The configured objective, wrapped for latent diffusion, super-resolution or a ControlNet."""
+  build = lambda fn: _encoding_loss(get_loss_fn(config, sde, fn, train=train), latent_space)
   if sr is not None:
     from score_sde.experiment import super_resolution  # pylint: disable=import-outside-toplevel
 
-    return super_resolution.conditioned_loss(
-        lambda fn: get_loss_fn(config, sde, fn, train=train), model_fn, sde, sr)
-  return _encoding_loss(get_loss_fn(config, sde, model_fn, train=train), latent_space)
+    build = functools.partial(super_resolution.conditioned_loss, build, sde=sde, sr=sr)
+  if control is not None:
+    from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+
+    return controlnet.controlled_loss(build, model_fn, control, get_data_inverse_scaler(config))
+  return build(model_fn)
 
 
 def build_experiment(config, *, guidance: str | None = None) -> Experiment:
@@ -749,8 +821,12 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   root_key, _, train_key, eval_key, sample_key = root_keys(config)
   latent_space = get_latent_space(config)
   sr = get_super_resolution(config)
+  control = get_controlnet(config)
   model_shape = (latent_space.shape if latent_space is not None
                  else (data.image_size, data.image_size, data.num_channels))
+  if control is not None:
+    module = _controlled_module(config, module, model_shape[0])
+    model_fn = training.linen_model_fn(module)
   classifier_module = get_classifier(config)
   classifier_fn = classifier_training.get_classifier_fn(classifier_module)
   guidance = get_guidance(config, guidance)
@@ -760,6 +836,8 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   if sr is not None:
     sampler_spec["super_resolution"] = {"factor": sr.factor,
                                         "sample_aug_level": sr.sample_aug_level}
+  if control is not None:
+    sampler_spec["controlnet"] = control.describe()
   return Experiment(
       mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
       unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,
@@ -767,19 +845,19 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       scaler=get_data_scaler(config), inverse_scaler=get_data_inverse_scaler(config),
       seed=config.seed, root_key=root_key, train_key=train_key, eval_key=eval_key,
       sample_key=sample_key, init_state=get_state_init(config, module, optimizer, model_shape),
-      train_loss=_loss(config, sde, model_fn, latent_space, sr, train=True),
-      eval_loss=_loss(config, sde, model_fn, latent_space, sr, train=False),
+      train_loss=_loss(config, sde, model_fn, latent_space, sr, control, train=True),
+      eval_loss=_loss(config, sde, model_fn, latent_space, sr, control, train=False),
       guidance=guidance,
       sampler=get_sampler(config, sde, model_fn, model_shape, guidance, classifier_fn,
                           decode=latent_space.decode if latent_space is not None else None,
-                          super_resolution=sr),
+                          super_resolution=sr, controlnet=control),
       sampler_spec=sampler_spec,
       pc_options=sampler_options(config, SAMPLERS["pc"]),
       classifier_module=classifier_module, classifier_fn=classifier_fn,
       dataset=functools.partial(get_dataset, config), data=data,
       training=get_train_options(config), classifier=get_classifier_options(config),
       eval=get_eval_options(config), reference=get_reference_options(config),
-      latent=latent_space, super_resolution=sr)
+      latent=latent_space, super_resolution=sr, controlnet=control)
 
 
 def build_training_experiment(config) -> Experiment:

@@ -31,7 +31,7 @@ def _mode(module: str, function: str, *flag_names: str):
 MODES = {
     "train": _mode("train", "train"),
     "eval": _mode("evaluation", "evaluate", "eval_folder", "inception_weights"),
-    "sample": _mode("generate", "sample"),
+    "sample": _mode("generate", "sample", "control"),
     "likelihood": _mode("evaluation", "likelihood"),
     "fid_stats": _mode("fid_reference", "fid_stats", "inception_weights"),
     "inpaint": _mode("controllable_io", "inpaint", "input", "mask"),
@@ -40,6 +40,7 @@ MODES = {
     "reflow_pairs": _mode("reflow", "reflow_pairs"),
     "train_autoencoder": _mode("autoencoder", "train_autoencoder"),
     "upsample": _mode("cascade", "upsample", "input"),
+    "train_controlnet": _mode("train", "train_controlnet"),
 }
 NEEDS_INPUT = ("inpaint", "colorize", "upsample")
 
@@ -61,13 +62,18 @@ flags.DEFINE_enum("mode", "train", list(MODES),
                   "into workdir/autoencoder, which config.latent.autoencoder_workdir then names; "
                   "upsample: the super-resolution model's outputs for the low-resolution images "
                   "under --input. A config with config.cascade makes --mode sample run the "
-                  "cascade (base model, then each super-resolution stage).")
+                  "cascade (base model, then each super-resolution stage); train_controlnet: a "
+                  "ControlNet (config.controlnet) on the frozen model of "
+                  "config.controlnet.base_workdir, then --mode sample [--control FOLDER].")
 flags.DEFINE_string("eval_folder", "eval", "Subdirectory of workdir for evaluation outputs.")
 flags.DEFINE_string("inception_weights", None,
                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for FID/KID/IS (eval) and "
                     "--mode fid_stats; defaults to $SCORE_SDE_INCEPTION_WEIGHTS. Never downloaded.")
 flags.DEFINE_string("input", None,
                     "Folder of PNG/JPEG images for --mode inpaint / colorize / upsample.")
+flags.DEFINE_string("control", None,
+                    "--mode sample of a ControlNet config: a folder of control images (e.g. edge "
+                    "maps), one sample each; without it, the controls of the test images.")
 flags.DEFINE_string("mask", "center",
                     "--mode inpaint: the region to generate, one of center/left/right/top/bottom, or "
                     "a mask image (white keeps the input pixel, black generates it).")

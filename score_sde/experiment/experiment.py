@@ -133,6 +133,9 @@ class Experiment:
   # Super-resolution (experiment/super_resolution.py): the network also takes the low-resolution
   # image; None otherwise.
   super_resolution: Any = None
+  # ControlNet (experiment/controlnet.py): the `ControlSpec`; params are {'base', 'controlnet'} and
+  # the sampler takes control images. None otherwise.
+  controlnet: Any = None
   _test_images: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
@@ -179,11 +182,13 @@ class Experiment:
     return batch
 
   def generate(self, key, params, batch_size: int, offset: int = 0, classifier_params: Any = None,
-               low_res: Any = None):
+               low_res: Any = None, control: Any = None):
     """A batch of the configured sampler, guided per ``self.guidance``.
 
     A super-resolution model upsamples ``low_res`` [B, H/f, W/f, C] (model space); without it, the
     downsampled test images ``offset``..``offset + B`` (cycling), whose outputs FDD/FID then judge.
+    A ControlNet model follows the control images ``control`` [B, H, W, C_c]; without them, the
+    controls of those test images.
 
     Returns (x [B, H, W, C] in model space, decoded in latent diffusion; class labels [B] or None). ``offset`` is the index of
     the batch's first sample in the run, so cycling labels stay balanced across batches.
@@ -195,6 +200,10 @@ class Experiment:
     if self.super_resolution is not None and low_res is None:
       low_res = self.super_resolution.downsample(self.scaler(self.test_images(offset, batch_size)))
     extra = {} if low_res is None else {"low_res": jax.numpy.asarray(low_res)}
+    if self.controlnet is not None:
+      if control is None:
+        control = self.controlnet.control(jax.numpy.asarray(self.test_images(offset, batch_size)))
+      extra["control"] = jax.numpy.asarray(control)
     x, _ = self.sampler(key, params, batch_size, labels, classifier_params, **extra)
     return x, labels
 

@@ -73,17 +73,20 @@ def claim_shard_dir(out_dir: str, spec: dict, prefixes: tuple[str, ...] = ("samp
     atomic_json(path, spec)
 
 
-def sample(config, workdir: str) -> str:
+def sample(config, workdir: str, control: str | None = None) -> str:
   """Writes eval.num_samples samples of the newest checkpoint to
   workdir/samples/final_<step>_<method>_<digest>, a folder per sampling setting
   (`sampling_spec`, stored in its sampling.json).
 
   Class-guided when ``config.sampling.guidance`` is 'cfg' or 'classifier' (labels cycle through the
   classes unless ``sampling.class_label`` picks one; each shard stores its 'labels'). A config with
-  config.cascade samples the cascade instead (`cascade.sample_cascade`).
+  config.cascade samples the cascade instead (`cascade.sample_cascade`). A ControlNet config with
+  ``control``, a folder of control images, samples under them (`controlnet.sample_under_control`).
   """
-  from score_sde.experiment import cascade  # pylint: disable=import-outside-toplevel
+  from score_sde.experiment import cascade, controlnet  # pylint: disable=import-outside-toplevel
 
+  if control:
+    return controlnet.sample_under_control(config, workdir, control)
   if cascade.is_cascade(config):
     return cascade.sample_cascade(config, workdir)
   exp = builders.build_experiment(config)

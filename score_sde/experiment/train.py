@@ -29,13 +29,35 @@ class ConfigChangedError(ValueError):
 
 def train(config, workdir: str) -> training.TrainState:
   """Trains from scratch or resumes from the newest checkpoint in ``workdir``."""
+  if builders.is_controlnet(config):
+    raise ValueError("config.controlnet.control_type is set: train a ControlNet with "
+                     "--mode train_controlnet (or unset the field to train the base model).")
+  return _train(config, workdir)
+
+
+def train_controlnet(config, workdir: str) -> training.TrainState:
+  """Trains the ControlNet of config.controlnet on the frozen newest EMA parameters of
+  config.controlnet.base_workdir (its trainable copy starting at them), or resumes."""
+  if not builders.is_controlnet(config):
+    raise ValueError("--mode train_controlnet needs config.controlnet.control_type, one of "
+                     "experiment/controlnet.CONTROL_TYPES (e.g. configs/digits/controlnet_edges.py).")
+  if not config.controlnet.base_workdir:
+    raise ValueError("--mode train_controlnet needs config.controlnet.base_workdir, the workdir of "
+                     "the trained base model, e.g. --config.controlnet.base_workdir=runs/digits.")
+  from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+
+  return _train(config, workdir, base_params=lambda: controlnet.load_base_params(config))
+
+
+def _train(config, workdir: str, base_params=None) -> training.TrainState:
   exp = builders.build_training_experiment(config)
   opts = exp.training
   distributed.check_batch_size(opts.batch_size)
   eval_iter = exp.dataset(split="test", batch_size=opts.batch_size, shuffle_seed=exp.seed + 1,
                           evaluation=True)
   try:
-    trainer = _score_trainer(exp, workdir, eval_iter, _resume_plan(exp, config, workdir))
+    trainer = _score_trainer(exp, workdir, eval_iter, _resume_plan(exp, config, workdir),
+                             base_params)
     state, _ = loop.run(trainer, _score_schedule(exp), workdir)
   finally:
     eval_iter.close()
@@ -50,11 +72,19 @@ def _score_schedule(exp: Experiment) -> loop.Schedule:
                        preemption_freq=o.snapshot_freq_for_preemption)
 
 
-def _initial_state(exp: Experiment) -> training.TrainState:
+def _initial_state(exp: Experiment, base_params=None) -> training.TrainState:
   """A fresh train state; with training.init_from, its parameters, evaluation EMA and (for a
   consistency objective) target network all start at that run's EMA parameters (the student of
-  consistency distillation starts as its teacher; k-rectified flow as the (k-1)-th flow)."""
+  consistency distillation starts as its teacher; k-rectified flow as the (k-1)-th flow).
+  A ControlNet's ``base_params()`` are its frozen base, and its copy starts at them."""
   state = exp.init_state()
+  if base_params is not None:
+    from score_sde.models.controlnet import copy_encoder_params  # pylint: disable=import-outside-toplevel
+
+    base = base_params()
+    params = {"base": base, "controlnet": copy_encoder_params(state.params["controlnet"], base)}
+    params = jax.device_put(params, exp.replicated)
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
   if not exp.training.init_from:
     return state
   params = warm_start_params(exp, exp.training.init_from)
@@ -122,11 +152,13 @@ def _resume_plan(exp: Experiment, config, workdir: str) -> dict:
   return plan
 
 
-def _score_trainer(exp: Experiment, workdir: str, eval_iter, plan: dict | None = None) -> loop.Trainer:
+def _score_trainer(exp: Experiment, workdir: str, eval_iter, plan: dict | None = None,
+                   base_params=None) -> loop.Trainer:
   opts = exp.training
   k = opts.n_jitted_steps
+  frozen = ("base",) if exp.controlnet is not None else ()
   step = jax.jit(training.make_train_step(exp.train_loss, exp.optimizer, opts.ema_rate,
-                                          opts.ema_warmup),
+                                          opts.ema_warmup, frozen),
                  in_shardings=(exp.replicated, distributed.batch_sharding(exp.mesh, 1),
                                exp.replicated),
                  out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
@@ -174,7 +206,7 @@ def _score_trainer(exp: Experiment, workdir: str, eval_iter, plan: dict | None =
 
   plan = plan or {"abstract_state": exp.abstract_state()}
   return loop.Trainer(
-      name="train", init_state=functools.partial(_initial_state, exp),
+      name="train", init_state=functools.partial(_initial_state, exp, base_params=base_params),
       step=step, verify=verify, **plan,
       open_data=lambda start: exp.dataset(split="train", batch_size=opts.batch_size,
                                           shuffle_seed=exp.seed, start_step=start),

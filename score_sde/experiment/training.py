@@ -45,16 +45,19 @@ class ConsistencyTrainState(TrainState):
 def linen_model_fn(module: nn.Module) -> Callable:
   """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
-  ``class_labels`` int [B], and ``low_res`` [B, h, w, C'] with ``aug_level`` [B] of a
-  super-resolution network, are forwarded only when given, so other modules keep their call.
+  ``class_labels`` int [B], ``low_res`` [B, h, w, C'] with ``aug_level`` [B] of a
+  super-resolution network, and the control image ``hint`` with ``control_scale`` of a ControlNet,
+  are forwarded only when given, so other modules keep their call.
   """
 
   def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None,
-               low_res=None, aug_level=None):
+               low_res=None, aug_level=None, hint=None, control_scale=1.0):
     rngs = {"dropout": rng} if (train and rng is not None) else None
     extra = {} if class_labels is None else {"class_labels": class_labels}
     if low_res is not None:  # a super-resolution network (experiment/super_resolution.py)
       extra.update(low_res=low_res, aug_level=aug_level)
+    if hint is not None:  # a ControlNet (experiment/controlnet.py)
+      extra.update(hint=hint, control_scale=control_scale)
     return module.apply({"params": params}, x, labels, train=train, rngs=rngs, **extra)
 
   return model_fn
@@ -72,12 +75,14 @@ def null_class_model_fn(model_fn: Callable, num_classes: int) -> Callable:
 
 def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.GradientTransformation,
                      input_shape: tuple[int, ...], num_classes: int = 0,
-                     with_target: bool = False, low_res_factor: int = 1) -> TrainState:
+                     with_target: bool = False, low_res_factor: int = 1,
+                     control_shape: tuple[int, int, int] | None = None) -> TrainState:
   """Initialises parameters on a dummy batch of ``input_shape`` [B, H, W, C].
 
   ``num_classes`` > 0: the module is class-conditional and is initialised with null-class labels.
   ``with_target``: a `ConsistencyTrainState` whose target network starts at the parameters.
   ``low_res_factor`` > 1: a super-resolution network, initialised with a zero low-resolution input.
+  ``control_shape`` [H, W, C]: a ControlNet's controlled model, initialised with zero control images.
   """
   x = jnp.zeros(input_shape, jnp.float32)
   labels = jnp.zeros(input_shape[:1], jnp.int32)
@@ -86,6 +91,8 @@ def init_train_state(key: jax.Array, module: nn.Module, optimizer: optax.Gradien
     b, h, w, c = input_shape
     class_kw.update(low_res=jnp.zeros((b, h // low_res_factor, w // low_res_factor, c)),
                     aug_level=jnp.zeros((b,)))
+  if control_shape is not None:
+    class_kw["hint"] = jnp.zeros((input_shape[0], *control_shape))
   params = module.init({"params": key, "dropout": key}, x, labels, train=False,
                        **class_kw)["params"]
   fields = dict(step=jnp.zeros((), jnp.int32), params=params,
@@ -122,12 +129,14 @@ def tree_all_finite(*trees) -> jax.Array:
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    ema_rate: float, ema_warmup: bool = True) -> Callable:
+                    ema_rate: float, ema_warmup: bool = True, frozen: tuple[str, ...] = ()) -> Callable:
   """Returns ``train_step(state, batches, train_key) -> (state, metrics [K])``.
 
   The EMA decays at ``ema_decay(step, ema_rate, ema_warmup)``. A `ConsistencyTrainState` also
   passes ``target_params`` and ``step`` to the loss and moves its target network at the loss's
-  ``aux['target_decay']``; the metrics then hold the loss's 'num_levels' too. The metrics' 'finite'
+  ``aux['target_decay']``; the metrics then hold the loss's 'num_levels' too. The EMA of the
+  ``frozen`` top-level parameter groups (a ControlNet's 'base') is those parameters themselves, so
+  they stay bitwise unchanged. The metrics' 'finite'
   says that the loss and the updated params and EMA are all finite (the loop's check before saves).
 
   ``batches``: {'image': [K, B, H, W, C]} plus 'label' int [K, B] for a class-conditional loss and
@@ -144,9 +153,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         state.params, key, batch["image"], batch.get("label"), **extra)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    fields = dict(step=state.step + 1, params=params, opt_state=opt_state,
-                  ema_params=_ema(state.ema_params, params,
-                                  ema_decay(state.step, ema_rate, ema_warmup)))
+    ema = _ema(state.ema_params, params, ema_decay(state.step, ema_rate, ema_warmup))
+    if frozen:
+      ema = {**ema, **{k: params[k] for k in frozen}}
+    fields = dict(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "finite": tree_all_finite(loss, fields["params"], fields["ema_params"])}
     if consistency:

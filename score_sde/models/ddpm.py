@@ -35,10 +35,12 @@ class DDPM(nn.Module):
   num_classes: int = 0
   # Channels of the low-resolution input of a super-resolution network (0: none), as in ncsnpp.py.
   low_res_channels: int = 0
+  # The trainable copy of a ControlNet, as in ncsnpp.py (``control``, ``hint_features``).
+  control_copy: bool = False
 
   @nn.compact
   def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
-               aug_level=None):
+               aug_level=None, control=None, hint_features=None):
     if x.ndim != 4 or noise_labels.shape != (x.shape[0],):
       raise ValueError(f"ddpm expects x [B, H, W, C] and noise_labels [B]; got {x.shape} and "
                        f"{noise_labels.shape}.")
@@ -69,7 +71,7 @@ class DDPM(nn.Module):
     if low_res is not None:
       low_res = low_res if self.centered else 2 * low_res - 1.0
       h = jnp.concatenate([h, layers.upsample_low_res(low_res, x.shape[1], x.shape[2])], axis=-1)
-    hs = [layers.conv(h, nf)]
+    hs = [layers.add_hint_features(layers.conv(h, nf), hint_features, self.control_copy, "ddpm")]
     for i_level in range(num_levels):
       for _ in range(self.num_res_blocks):
         h = res_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -83,6 +85,9 @@ class DDPM(nn.Module):
     h = res_block()(h, temb, train)
     h = layers.AttnBlock()(h)
     h = res_block()(h, temb, train)
+    if self.control_copy:
+      return [*hs, h]
+    hs, h = layers.add_control(hs, h, control, "ddpm")
 
     for i_level in reversed(range(num_levels)):
       for _ in range(self.num_res_blocks + 1):

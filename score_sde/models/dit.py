@@ -155,6 +155,9 @@ class DiT(nn.Module):
   # Channels of the low-resolution input of a super-resolution network (0: none): resized to H×W
   # (bicubic) and concatenated to x before patchify; its augmentation level joins c.
   low_res_channels: int = 0
+  # The trainable copy of a ControlNet (models/controlnet.py): patch embedding, conditioning and
+  # the `depth` blocks, returning each block's output tokens; see __call__.
+  control_copy: bool = False
 
   def validate(self, x_shape) -> None:
     """Fails early on fields or inputs the architecture cannot take."""
@@ -170,7 +173,11 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
-               aug_level=None):
+               aug_level=None, control=None, hint_features=None):
+    """ControlNet for DiT (as PixArt-δ, Chen et al. 2024): ``control`` is a list of n <= depth
+    residual token maps [B, T, D] added to the outputs of the first n blocks. With
+    ``control_copy`` the module is the trainable copy: ``hint_features`` [B, T, D] is added to the
+    embedded tokens and every block's output is returned."""
     del train  # no dropout in DiT
     self.validate(x.shape)
     b, h, w, c = x.shape
@@ -184,6 +191,11 @@ class DiT(nn.Module):
         [x, layers.upsample_low_res(low_res, h, w)], axis=-1)
     tokens = nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="x_embedder")(
         patchify(x_in, p)) + jnp.asarray(pos, self.dtype)  # [B, T, D]
+    tokens = layers.add_hint_features(tokens, hint_features, self.control_copy, "dit")
+    control = [] if control is None else list(control)
+    if len(control) > self.depth or any(r.shape != tokens.shape for r in control):
+      raise ValueError(f"dit: control must be at most depth={self.depth} residuals of the tokens' "
+                       f"shape {tuple(tokens.shape)}; got {[tuple(r.shape) for r in control]}.")
 
     normal = nn.initializers.normal(0.02)
     temb = timestep_embedding(noise_labels, self.frequency_embedding_size)
@@ -196,9 +208,15 @@ class DiT(nn.Module):
       cond = cond + nn.Dense(d, kernel_init=normal, dtype=self.dtype, name="aug_embedder")(
           timestep_embedding(999.0 * aug_level, self.frequency_embedding_size))
 
+    features = []
     for i in range(self.depth):
       tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(
           tokens, cond)
+      features.append(tokens)
+      if i < len(control):
+        tokens = tokens + control[i]
+    if self.control_copy:
+      return features
 
     out_channels = 2 * c if self.learn_sigma else c
     shift, scale = jnp.split(nn.Dense(2 * d, kernel_init=_zeros, dtype=self.dtype,

@@ -88,6 +88,32 @@ def check_low_res(model: str, low_res_channels: int, low_res, aug_level, x_shape
     raise ValueError(f"{model}: aug_level must be [B]=({b},); got {tuple(aug_level.shape)}.")
 
 
+def add_hint_features(features, hint_features, control_copy: bool, model: str):
+  """The first feature map of a network, plus the hint encoder's output in a ControlNet copy."""
+  if not control_copy:
+    if hint_features is not None:
+      raise ValueError(f"{model}: hint_features is the input of a ControlNet copy; build the "
+                       "network with control_copy=True.")
+    return features
+  if hint_features is None or hint_features.shape != features.shape:
+    raise ValueError(f"{model}: a ControlNet copy takes hint_features of the first feature map's "
+                     f"shape {tuple(features.shape)}; got "
+                     f"{None if hint_features is None else tuple(hint_features.shape)}.")
+  return features + hint_features
+
+
+def add_control(skips, middle, control, model: str):
+  """(skips, middle) with a ControlNet's residuals added: one per skip connection, in the order the
+  skips were made, then one for the middle block's output (Zhang et al. 2023, Fig. 3)."""
+  if control is None:
+    return skips, middle
+  shapes = [tuple(a.shape) for a in (*skips, middle)]
+  if len(control) != len(shapes) or any(tuple(r.shape) != s for r, s in zip(control, shapes)):
+    raise ValueError(f"{model}: control must be {len(shapes)} residuals of shapes {shapes} (the "
+                     f"skips, then the middle block); got {[tuple(r.shape) for r in control]}.")
+  return [s + r for s, r in zip(skips, control)], middle + control[-1]
+
+
 def upsample_low_res(low_res, height: int, width: int):
   """The low-resolution input resized to the output's size by bicubic interpolation (SR3, CDM),
   to be concatenated to the network's input channels."""

@@ -71,6 +71,9 @@ class NCSNpp(nn.Module):
   num_classes: int = 0
   # Channels of the low-resolution input of a super-resolution network (0: none); see __call__.
   low_res_channels: int = 0
+  # The trainable copy of a ControlNet (models/controlnet.py): only the down path and middle block,
+  # returning their features; see __call__.
+  control_copy: bool = False
 
   def validate(self):
     """Raise a ValueError naming the valid choices for any unknown or inconsistent option."""
@@ -92,10 +95,15 @@ class NCSNpp(nn.Module):
 
   @nn.compact
   def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
-               aug_level=None):
+               aug_level=None, control=None, hint_features=None):
     """Super-resolution (``low_res_channels`` > 0, SR3 / cascaded diffusion): ``low_res`` [B, h, w,
     C'] is resized to H×W (bicubic) and concatenated to x before the first convolution, and the
-    conditioning-augmentation level ``aug_level`` [B] is embedded and added to the time embedding."""
+    conditioning-augmentation level ``aug_level`` [B] is embedded and added to the time embedding.
+
+    ControlNet (Zhang et al. 2023): ``control`` is a list of residuals added to the skip
+    connections (in the order they are made) and, last, to the middle block's output. With
+    ``control_copy`` the network is the trainable copy: ``hint_features`` [B, H, W, nf] is added to
+    the first feature map and the features those residuals are made from are returned."""
     self.validate()
     layers.check_class_labels("ncsnpp", self.num_classes, class_labels, x.shape[0])
     layers.check_low_res("ncsnpp", self.low_res_channels, low_res, aug_level, x.shape)
@@ -150,7 +158,7 @@ class NCSNpp(nn.Module):
 
     # Downsampling path.
     input_pyramid = x if self.progressive_input != "none" else None
-    hs = [conv(x_in, nf)]
+    hs = [layers.add_hint_features(conv(x_in, nf), hint_features, self.control_copy, "ncsnpp")]
     for i_level in range(num_levels):
       for _ in range(self.num_res_blocks):
         h = res_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
@@ -175,6 +183,9 @@ class NCSNpp(nn.Module):
     h = res_block()(h, temb, train)
     h = attn_block()(h)
     h = res_block()(h, temb, train)
+    if self.control_copy:
+      return [*hs, h]
+    hs, h = layers.add_control(hs, h, control, "ncsnpp")
 
     # Upsampling path.
     pyramid = None
