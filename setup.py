@@ -15,6 +15,7 @@ setup(
         "ml-collections>=1.0.0",
         "tensorflow-datasets>=4.9.7",
         "array-record>=0.5.0",
+        "grain>=0.2.18",  # io/datasets.py: the input pipeline and its checkpointable state
         "numpy>=1.26",
         "scipy>=1.11",
         "diffrax>=0.6.0",

@@ -425,3 +425,45 @@ def test_defaults_come_from_config_and_jax():
   assert take(test, 1)[0]["image"].shape == (6, 16, 16, 1)
   with pytest.raises(ValueError, match="split must be"):
     builders.get_dataset(config, split="validation")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grain pipeline: state, worker processes.
+
+
+def test_grain_state_round_trip_restores_the_stream():
+  config = make_config(random_flip=True, uniform_dequantization=True)
+  uninterrupted = take(single_process(config, batch_size=64, shuffle_seed=2), 8)
+  iterator = single_process(config, batch_size=64, shuffle_seed=2)
+  with iterator:
+    take_three = [next(iterator) for _ in range(3)]
+    state = iterator.get_state()
+  assert state == {"step": 3, "offset": 0, "pipeline": {"next_index": 3}}
+  assert batches_equal(take_three, uninterrupted[:3])
+  restored = single_process(config, batch_size=64, shuffle_seed=2)  # opened at step 0
+  restored.set_state(state)
+  assert restored.step == 3
+  assert batches_equal(take(restored, 5), uninterrupted[3:])
+
+
+@pytest.mark.slow  # two worker processes start: ~5 s
+def test_worker_processes_give_the_same_batches():
+  config = make_config(random_flip=True, uniform_dequantization=True)
+  threads = take(single_process(config, batch_size=32, shuffle_seed=4, start_step=2), 4)
+  with single_process(config, batch_size=32, shuffle_seed=4, start_step=2,
+                      worker_processes=2) as processes:
+    first = [next(processes) for _ in range(2)]
+    state = processes.get_state()
+  assert batches_equal(first, threads[:2])
+  with single_process(config, batch_size=32, shuffle_seed=4, worker_processes=2) as resumed:
+    resumed.set_state(state)
+    assert batches_equal([next(resumed) for _ in range(2)], threads[2:])
+
+
+def test_a_foreign_grain_state_leaves_the_position_unchanged():
+  iterator = single_process(make_config(), batch_size=32, start_step=4)
+  with pytest.raises(KeyError):
+    iterator.set_state({"step": 9, "offset": 0, "pipeline": {"workers": []}})
+  assert iterator.step == 4
+  assert batches_equal(take(iterator, 1), take(single_process(make_config(), batch_size=32,
+                                                              start_step=4), 1))

@@ -1,6 +1,8 @@
 """The training loop skeleton on a toy state: hook schedule, checkpoints, resume, non-finite stop."""
 import json
+import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +105,75 @@ def test_a_second_run_on_a_held_workdir_is_refused_and_nothing_is_touched(tmp_pa
   assert open(os.path.join(workdir, checkpointing.LOCK_FILE)).read() == ""
   with checkpointing.workdir_lock(workdir):
     pass
+
+
+def _data_trainer(seen, positioned_by_step):
+  """A toy trainer on the digits whose step sums the batch; ``seen`` records each batch."""
+  from score_sde.io import datasets
+  spec = datasets.DataSpec("digits", 8, 1)
+
+  def open_data(start):
+    return datasets.get_dataset(spec, batch_size=16, random_flip=True, uniform_dequantization=True,
+                                process_index=0, process_count=1, shuffle_seed=5,
+                                start_step=start if positioned_by_step else 0, num_workers=2)
+
+  def next_args(it):
+    seen.append(next(it))
+    return (jnp.float32(seen[-1]["image"].sum()),)
+
+  trainer = _trainer([], [])
+  return loop.Trainer(**{**vars(trainer), "open_data": open_data, "next_args": next_args,
+                         "evaluate": None, "after_snapshot": None})
+
+
+def test_grain_resume_is_bit_exact(tmp_path):
+  """The data state saved with a checkpoint, not the step, positions the resumed stream: the data
+  is reopened at step 0 and still continues exactly where the interrupted run stopped."""
+  schedule = loop.Schedule(**{**vars(SCHEDULE), "n_iters": 10, "eval_at_end": False})
+  uninterrupted = []
+  loop.run(_data_trainer(uninterrupted, True), schedule, str(tmp_path / "whole"))
+  seen = []
+  loop.run(_data_trainer(seen, False), loop.Schedule(**{**vars(schedule), "n_iters": 6}),
+           str(tmp_path / "run"))
+  record = tmp_path / "run" / "checkpoints-meta" / "6" / "data" / "process_0-of-1.json"
+  assert json.loads(record.read_text()) == {"step": 6, "offset": 0, "pipeline": {"next_index": 6}}
+  loop.run(_data_trainer(seen, False), schedule, str(tmp_path / "run"))
+  assert len(seen) == len(uninterrupted) == 10
+  for got, want in zip(seen, uninterrupted):
+    assert got.keys() == want.keys()
+    assert all(got[k].dtype == want[k].dtype and got[k].tobytes() == want[k].tobytes()
+               for k in got)
+
+
+def test_a_checkpoint_without_data_state_resumes_the_data_from_its_step(tmp_path, caplog):
+  """Workdirs written before the data state was kept: the step positions the data."""
+  schedule = loop.Schedule(**{**vars(SCHEDULE), "n_iters": 8, "eval_at_end": False})
+  uninterrupted, seen = [], []
+  loop.run(_data_trainer(uninterrupted, True), schedule, str(tmp_path / "whole"))
+  loop.run(_data_trainer(seen, True), loop.Schedule(**{**vars(schedule), "n_iters": 5}),
+           str(tmp_path / "run"))
+  shutil.rmtree(tmp_path / "run" / "checkpoints-meta" / "5" / "data")
+  with caplog.at_level(logging.INFO, logger=loop.__name__):
+    loop.run(_data_trainer(seen, True), schedule, str(tmp_path / "run"))
+  assert "step 5 has no data state" in caplog.text
+  assert all(a["image"].tobytes() == b["image"].tobytes() for a, b in zip(seen, uninterrupted))
+  assert len(seen) == 8
+
+
+def test_the_data_state_is_taken_when_the_save_starts(tmp_path):
+  """An asynchronous save must not record batches drawn after it started."""
+  from score_sde.io import datasets
+  it = datasets.get_dataset(datasets.DataSpec("digits", 8, 1), batch_size=8, process_index=0,
+                            process_count=1, num_workers=1)
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+  with it:
+    for _ in range(3):
+      next(it)
+    ckpts.save(3, {"w": jnp.ones(3)}, snapshot=True, data=it)
+    for _ in range(5):
+      next(it)
+    ckpts.wait_until_finished()
+  ckpts.close()
+  for sub in ("checkpoints", "checkpoints-meta"):
+    record = tmp_path / sub / "3" / "data" / "process_0-of-1.json"
+    assert json.loads(record.read_text())["step"] == 3

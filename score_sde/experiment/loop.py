@@ -17,6 +17,7 @@ import signal
 import threading
 from typing import Any, Callable, Iterator, Optional
 
+import grain
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -90,7 +91,8 @@ class Trainer:
   """What one kind of training supplies to `run`.
 
   ``open_data(start_step)`` opens the training iterator (closed by the loop); ``next_args(it)``
-  turns it into the step's arguments after the state. ``step(state, *args) -> (state, metrics)``
+  turns it into the step's arguments after the state. A grain ``DatasetIterator`` has its state
+  saved with each checkpoint and restored on resume. ``step(state, *args) -> (state, metrics)``
   is jitted, metrics holding 'loss' (scalar or [steps_per_call]). The hooks get the step reached;
   ``evaluate`` returns scalars that are logged and returned by `run` as the last report.
 
@@ -138,7 +140,7 @@ def _check_finite(losses: np.ndarray, finite, prev: int, step: int, last_saved, 
       f"{_last_good(last_saved, workdir)}. {trainer.nonfinite_advice}")
 
 
-def _save(trainer: Trainer, ckpts, state, args, step: int, snapshot: bool, last_saved,
+def _save(trainer: Trainer, ckpts, state, args, data, step: int, snapshot: bool, last_saved,
           workdir: str) -> None:
   """Saves ``state`` if it passes ``trainer.verify`` and is finite, else stops training."""
   reason = None
@@ -146,7 +148,8 @@ def _save(trainer: Trainer, ckpts, state, args, step: int, snapshot: bool, last_
     reason = "gives a non-finite loss on its batch (an update blew the parameters up)"
   else:
     try:
-      ckpts.save(step, state, snapshot=snapshot)
+      ckpts.save(step, state, snapshot=snapshot,
+                 data=data if isinstance(data, grain.DatasetIterator) else None)
       return
     except checkpointing.NonFiniteStateError:
       reason = "has non-finite values"
@@ -181,6 +184,8 @@ def _run_locked(trainer: Trainer, schedule: Schedule, workdir: str,
   if step:
     log.info("Resuming %s from step %d in %s", trainer.name, step, workdir)
   data = trainer.open_data(step)
+  if step and isinstance(data, grain.DatasetIterator) and not ckpts.restore_data(data):
+    log.info("Checkpoint of step %d has no data state: the data resumes from the step.", step)
   bar = logging_utils.ProgressBar(total=schedule.n_iters, initial=step, desc=trainer.name,
                                   examples_per_step=schedule.examples_per_step)
   try:
@@ -227,7 +232,7 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, re
       writer.scalars(step, report)
     snapshot = _crossed(prev, step, schedule.snapshot_freq) or final
     if snapshot or _crossed(prev, step, schedule.preemption_freq):
-      _save(trainer, ckpts, state, args, step, snapshot, last_saved, workdir)
+      _save(trainer, ckpts, state, args, data, step, snapshot, last_saved, workdir)
       last_saved = step
       if snapshot and trainer.after_snapshot:
         trainer.after_snapshot(step, state, writer)
@@ -236,7 +241,7 @@ def _steps(trainer, schedule, state, step, data, writer, ckpts, bar, workdir, re
     signum = _agreed_stop(received)
     if signum and not final:
       if last_saved != step:
-        _save(trainer, ckpts, state, args, step, False, last_saved, workdir)
+        _save(trainer, ckpts, state, args, data, step, False, last_saved, workdir)
       ckpts.wait_until_finished()
       raise Preempted(f"{signal.Signals(signum).name} received: {trainer.name} stopped at step "
                       f"{step} and saved a checkpoint there in {workdir}; run the same command "

@@ -13,6 +13,11 @@ every committed step has its record. A restore verifies the state (finite, check
 falls back, newest first across both managers, past any checkpoint that is unreadable or fails the
 verification, with one log line each; the broken folder is never deleted (a training run, which
 would write that step again, renames it ``<step>.broken``).
+
+A step holds two orbax items: ``default``, the state, and ``data``, the training input iterator's
+grain state (one JSON file per process, grain's ``CheckpointHandler``), so that a resumed run reads
+exactly the batches an uninterrupted one would have. Steps saved before the data state was kept
+have ``default`` only.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,14 +47,20 @@ def abstract_like(tree: Any) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+STATE_ITEM, DATA_ITEM = "default", "data"  # orbax items of a step; "default" as in older steps
+
+
 def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False):
+  # A writer names both items; a reader restores the state alone with plain `StandardRestore`
+  # args (orbax's single-item mode), which reads steps with or without the data item.
   # Asynchronous on one process. With several processes, orbax 0.12's async finalisation was seen
   # to hang process 0 in wait_until_finished while the others shut down, so saves are synchronous.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
                                          enable_async_checkpointing=jax.process_count() == 1,
                                          read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=None if read_only else (STATE_ITEM, DATA_ITEM))
 
 
 LOCK_FILE = ".lock"
@@ -193,6 +205,7 @@ class TrainCheckpoints:
     self.preemption_dir = os.path.join(workdir, "checkpoints-meta")
     self.snapshots = _manager(self.snapshot_dir, None, read_only)
     self.preemption = _manager(self.preemption_dir, 1, read_only)
+    self._restored = None  # (manager, step) of the checkpoint `restore_latest` returned
 
   def latest_step(self) -> Optional[int]:
     steps = [s for s in (self.snapshots.latest_step(), self.preemption.latest_step()) if s is not None]
@@ -253,7 +266,11 @@ class TrainCheckpoints:
     if os.path.isdir(folder) and not os.listdir(folder):
       return None, "empty step folder"
     try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+      args = ocp.args.StandardRestore(abstract_like(target))
+      if self.read_only:
+        state = manager.restore(step, args=args)
+      else:
+        state = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: args}))[STATE_ITEM]
     except Exception as e:  # orbax/tensorstore raise many types for unreadable files
       return None, f"unreadable ({_first_line(e)})"
     reason = self._verify(state, manager_dir, step)
@@ -316,6 +333,7 @@ class TrainCheckpoints:
         _sync("score_sde_checkpoints_set_aside")
         self.preemption.reload()
         self.snapshots.reload()
+      self._restored = (manager, step)
       return state
     if not skipped:
       return None
@@ -326,6 +344,25 @@ class TrainCheckpoints:
                           "fail verification (see the log lines above); they were left in place. "
                           "Move them away to start from scratch, or point --workdir elsewhere.")
 
+  def restore_data(self, iterator: grain.DatasetIterator) -> bool:
+    """Sets ``iterator`` to the data state saved with the step `restore_latest` returned (by a
+    writer). False, leaving it as it was, when that step has none: saved before data states were
+    kept, without an iterator, or by a different number of processes."""
+    if self._restored is None or self.read_only:
+      return False
+    manager, step = self._restored
+    folder = os.path.join(manager.directory, str(step), DATA_ITEM)
+    if not os.path.isdir(folder):
+      return False
+    try:
+      manager.restore(step, args=ocp.args.Composite(
+          **{DATA_ITEM: grain.checkpoint.CheckpointRestore(iterator)}))
+    except Exception as e:  # e.g. no file of this process: another process count wrote it
+      log.warning("Data state %s not restored (%s); the data resumes from the step instead.",
+                  folder, _first_line(e))
+      return False
+    return True
+
   def restore_snapshot(self, step: int, target: Any) -> Any:
     """Snapshot ``step``, verified; `CheckpointError` (one line) if it is unreadable or broken."""
     state, reason = self._try_restore(self.snapshots, self.snapshot_dir, step, target)
@@ -334,10 +371,11 @@ class TrainCheckpoints:
                             f"unusable: {reason}.")
     return state
 
-  def save(self, step: int, state: Any, *, snapshot: bool) -> None:
+  def save(self, step: int, state: Any, *, snapshot: bool,
+           data: Optional[grain.DatasetIterator] = None) -> None:
     """Starts an asynchronous save to the preemption (and, if ``snapshot``, snapshot) manager,
     after recording the state's checksums; `NonFiniteStateError` (nothing saved) if a floating
-    leaf is not finite."""
+    leaf is not finite. The state of the ``data`` iterator, taken now, is saved with it."""
     finite, sums = fingerprint(state)
     if not finite:
       raise NonFiniteStateError(f"The state at step {step} has non-finite values; not saved.")
@@ -348,8 +386,11 @@ class TrainCheckpoints:
       manager.wait_until_finished()  # orbax would wait too; the record must follow the last save
       self._write_checksums(manager, directory, step, sums)
     _sync(f"score_sde_checksums_{step}")
+    items = {STATE_ITEM: ocp.args.StandardSave(state)}
+    if data is not None:
+      items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data)
     for manager, _ in targets:
-      manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      manager.save(step, args=ocp.args.Composite(**items), force=True)
     if after_save_started is not None:
       after_save_started(step, self)
 

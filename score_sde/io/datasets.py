@@ -21,17 +21,22 @@ Process p of P takes positions [s B + p B/P, s B + (p + 1) B/P) of that batch, s
 count never changes which examples form a global batch, and the random flip and dequantization
 noise of an example are drawn from (seed, position). Batch s is therefore a pure function of
 (seed, s), which is what makes an exact resume from `start_step` possible.
+
+Batching. A `grain.MapDataset` over global batch indices maps s to this process's slice of batch
+s; grain threads (and optionally worker processes) decode ahead. `BatchIterator`, a grain
+`DatasetIterator`, has a `get_state` that training checkpoints save, so a resume is exact.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+import sys
+from typing import Any, Callable
 
+import grain
 import numpy as np
+from absl import flags
 from PIL import Image
 
 # index -> (image [H, W, C] float32 in [0, 1], label), or (image, label, noise [H, W, C]) for pairs
@@ -328,65 +333,40 @@ class Augmentation:
 
 
 # ----------------------------------------------------------------------------------------------
-# Batching.
+# Batching: a grain pipeline over global batch indices.
 
 
-class BatchIterator:
-  """Iterator over this process's slices of the global batches.
+def _num_batches(num_examples: int, global_batch_size: int, num_epochs: int | None,
+                 drop_remainder: bool) -> int | None:
+  if num_epochs is None:
+    return None
+  full, partial = divmod(num_epochs * num_examples, global_batch_size)
+  return full + int(partial > 0 and not drop_remainder)
 
-  Yields dicts with 'image' float32 [B_local, H, W, C] in [0, 1], 'label' int32 [B_local]
-  (NO_LABEL = -1 where the source has none) and 'mask' bool [B_local], False only on the padding
-  of a final partial batch (when `drop_remainder=False`). `step` is the index of the next batch.
-  Examples are decoded on a thread pool, `prefetch` batches ahead.
-  """
 
-  def __init__(self, load: LoadFn, num_examples: int, *, global_batch_size: int,
-               process_index: int, process_count: int, seed: int, shuffle: bool,
-               augmentation: Augmentation, num_epochs: int | None, start_step: int,
-               drop_remainder: bool, num_workers: int, prefetch: int):
-    self.num_examples = num_examples
-    self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
-    if num_epochs is None:
-      self.num_batches = None
-    else:
-      total = num_epochs * num_examples
-      full, partial = divmod(total, global_batch_size)
-      self.num_batches = full + int(partial > 0 and not drop_remainder)
-    self.step = start_step
-    self._load = load
-    self._process = (process_index, process_count)
-    self._order = (seed, shuffle)
-    self._augmentation = augmentation
-    self._total_positions = None if num_epochs is None else num_epochs * num_examples
-    self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, "score_sde_data")
-    self._pending: collections.deque = collections.deque()
-    self._next_submit = start_step
-    self._prefetch = max(prefetch, 1)
+@dataclasses.dataclass(frozen=True)
+class _MakeBatch:
+  """Global batch index -> this process's slice of it, decoded and augmented."""
+  load: LoadFn
+  num_examples: int
+  global_batch_size: int
+  process_index: int
+  process_count: int
+  seed: int
+  shuffle: bool
+  augmentation: Augmentation
+  total_positions: int | None  # stream length of a finite stream
 
-  def __len__(self) -> int:
-    if self.num_batches is None:
-      raise TypeError("An infinite BatchIterator (num_epochs=None) has no length.")
-    return self.num_batches
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self.num_batches is not None and self.step >= self.num_batches:
-      self.close()
-      raise StopIteration
-    while len(self._pending) < self._prefetch and (
-            self.num_batches is None or self._next_submit < self.num_batches):
-      self._pending.append(self._submit(self._next_submit))
-      self._next_submit += 1
-    futures, mask = self._pending.popleft()
-    try:
-      examples = [future.result() for future in futures]
-    except BaseException:
-      self.close()
-      raise
-    self.step += 1
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    positions = batch_positions(step, self.global_batch_size, self.process_index,
+                                self.process_count)
+    mask = np.ones(positions.shape, dtype=bool)
+    if self.total_positions is not None:
+      mask = positions < self.total_positions
+      # Padding repeats valid examples (from the start of the stream) and is masked out.
+      positions = np.where(mask, positions, positions % self.total_positions)
+    indices = example_indices(positions, self.num_examples, self.seed, self.shuffle)
+    examples = [self._example(int(i), int(p)) for i, p in zip(indices, positions)]
     batch = {
         "image": np.stack([example[0] for example in examples]),  # [B_local, H, W, C]
         "label": np.asarray([example[1] for example in examples], dtype=np.int32),  # [B_local]
@@ -396,26 +376,86 @@ class BatchIterator:
       batch["noise"] = np.stack([example[2] for example in examples])
     return batch
 
-  def _submit(self, step: int):
-    positions = batch_positions(step, self.global_batch_size, *self._process)
-    mask = np.ones(positions.shape, dtype=bool)
-    if self._total_positions is not None:
-      mask = positions < self._total_positions
-      # Padding repeats valid examples (from the start of the stream) and is masked out.
-      positions = np.where(mask, positions, positions % self._total_positions)
-    indices = example_indices(positions, self.num_examples, *self._order)
-    futures = [self._pool.submit(self._example, int(i), int(p))
-               for i, p in zip(indices, positions)]
-    return futures, mask
-
   def _example(self, index: int, position: int) -> tuple:
-    image, *rest = self._load(index)
-    return (self._augmentation(image, position).astype(np.float32, copy=False), *rest)
+    image, *rest = self.load(index)
+    return (self.augmentation(image, position).astype(np.float32, copy=False), *rest)
+
+
+class BatchIterator(grain.DatasetIterator):
+  """Iterator over this process's slices of the global batches, a grain `DatasetIterator`.
+
+  Yields dicts with 'image' float32 [B_local, H, W, C] in [0, 1], 'label' int32 [B_local]
+  (NO_LABEL = -1 where the source has none) and 'mask' bool [B_local], False only on the padding
+  of a final partial batch (when `drop_remainder=False`). `step` is the index of the next batch.
+  The pipeline is `batches[offset:]`, prefetched by threads (and worker processes);
+  `get_state` / `set_state` (grain's checkpoint API) save and restore the position exactly.
+  """
+
+  def __init__(self, batches: grain.MapDataset, num_examples: int, num_batches: int | None,
+               start_step: int, read_options: grain.ReadOptions, worker_processes: int):
+    super().__init__()
+    self.num_examples = num_examples
+    self.num_batches = num_batches
+    self._batches = batches
+    self._read_options = read_options
+    self._worker_processes = worker_processes
+    self._pipeline = None
+    self._open(start_step)
+
+  def _open(self, offset: int) -> None:
+    """(Re)opens the pipeline at global batch `offset`."""
+    if self._pipeline is not None:
+      self._pipeline.close()
+    pipeline = self._batches[offset:].to_iter_dataset(self._read_options)
+    if self._worker_processes:
+      # grain 0.2.18 reads this absl flag when it starts workers, even outside an absl app.
+      flags.FLAGS["grain_enable_multiprocess_worker_profiling"].present = True
+      pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self._worker_processes,
+          per_worker_buffer_size=self._read_options.prefetch_buffer_size))
+    self._pipeline = pipeline.__iter__()
+    self._offset = self.step = offset
+
+  def __len__(self) -> int:
+    if self.num_batches is None:
+      raise TypeError("An infinite BatchIterator (num_epochs=None) has no length.")
+    return self.num_batches
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.num_batches is not None and self.step >= self.num_batches:
+      self.close()
+      raise StopIteration
+    try:
+      batch = next(self._pipeline)
+    except BaseException:
+      self.close()
+      raise
+    self.step += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """{'step': next batch, 'offset': the pipeline's first batch, 'pipeline': grain's state}."""
+    return {"step": self.step, "offset": self._offset, "pipeline": self._pipeline.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Restores a `get_state`; on an error the position is unchanged."""
+    step = self.step
+    try:
+      if state["offset"] != self._offset:
+        self._open(int(state["offset"]))
+      self._pipeline.set_state(state["pipeline"])
+    except Exception:
+      self._open(step)
+      raise
+    self.step = int(state["step"])
+
+  def start_prefetch(self) -> None:
+    self._pipeline.start_prefetch()
 
   def close(self) -> None:
-    """Stops the decoding threads; pending prefetched batches are dropped."""
-    self._pending.clear()
-    self._pool.shutdown(wait=False, cancel_futures=True)
+    """Stops the decoding threads (and worker processes); prefetched batches are dropped."""
+    super().close()
+    self._pipeline.close()
 
   def __enter__(self) -> "BatchIterator":
     return self
@@ -492,7 +532,8 @@ def get_dataset(spec: DataSpec, *, batch_size: int, split: str = "train",
                 process_index: int | None = None, process_count: int | None = None,
                 shuffle_seed: int = 0, num_epochs: int | None = None, evaluation: bool = False,
                 start_step: int = 0, shuffle: bool | None = None, drop_remainder: bool = True,
-                num_workers: int | None = None, prefetch: int = 2) -> BatchIterator:
+                num_workers: int | None = None, prefetch: int | None = None,
+                worker_processes: int = 0) -> BatchIterator:
   """This process's batches of `split`, preprocessed as in the reference.
 
   Args:
@@ -509,8 +550,10 @@ def get_dataset(spec: DataSpec, *, batch_size: int, split: str = "train",
     shuffle: whether epochs are permuted; defaults to `not evaluation`.
     drop_remainder: drop the final partial global batch of a finite stream; if False it is
       padded with repeated examples whose 'mask' is False.
-    num_workers: decoding threads (default: min(8, number of CPUs)).
-    prefetch: batches decoded ahead of the consumer.
+    num_workers: grain's threads, each decoding one batch (default: min(8, number of CPUs)).
+    prefetch: batches decoded ahead of the consumer (grain's prefetch buffer; at least, and by
+      default, `num_workers`).
+    worker_processes: if positive, grain's `mp_prefetch` decodes in that many processes.
   """
   import jax
 
@@ -536,12 +579,18 @@ def get_dataset(spec: DataSpec, *, batch_size: int, split: str = "train",
     raise ValueError(f"{num_epochs} epoch(s) of the {num_examples} examples of split {split!r} "
                      f"do not fill one global batch of {batch_size}; use drop_remainder=False "
                      f"or a smaller batch.")
-  augmentation = Augmentation(
-      random_flip=bool(random_flip) and not evaluation,
-      uniform_dequantization=bool(uniform_dequantization), seed=int(shuffle_seed))
-  return BatchIterator(
+  augmentation = Augmentation(random_flip=flips,
+                              uniform_dequantization=bool(uniform_dequantization),
+                              seed=int(shuffle_seed))
+  num_batches = _num_batches(num_examples, batch_size, num_epochs, drop_remainder)
+  make_batch = _MakeBatch(
       load, num_examples, global_batch_size=batch_size, process_index=process_index,
       process_count=process_count, seed=int(shuffle_seed),
       shuffle=(not evaluation) if shuffle is None else shuffle, augmentation=augmentation,
-      num_epochs=num_epochs, start_step=start_step, drop_remainder=drop_remainder,
-      num_workers=num_workers or min(8, os.cpu_count() or 1), prefetch=prefetch)
+      total_positions=None if num_epochs is None else num_epochs * num_examples)
+  batches = grain.MapDataset.range(sys.maxsize if num_batches is None else num_batches)
+  threads = num_workers or min(8, os.cpu_count() or 1)
+  read_options = grain.ReadOptions(num_threads=threads,
+                                   prefetch_buffer_size=max(prefetch or 0, threads))
+  return BatchIterator(batches.map(make_batch), num_examples, num_batches, start_step,
+                       read_options, worker_processes)
