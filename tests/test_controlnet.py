@@ -269,3 +269,15 @@ def test_train_controlnet_sample_with_controls_and_eval(tmp_path):
   got, _ = exp.generate(key, state.ema_params, 8)
   want, _ = base_exp.generate(key, base_state.ema_params, 8)
   np.testing.assert_array_equal(got, want)
+
+
+def test_a_record_from_before_the_controlnet_section_still_resumes():
+  """Fields the record lacks were added to the code after the run: not a refused change."""
+  config = tiny_config()
+  record = builders.config_record(config)
+  del record["controlnet"]
+  refused, allowed, _ = builders.config_changes(record, config)
+  assert refused == [] and "controlnet.control_type" in allowed
+  record = builders.config_record(config)
+  config.controlnet.control_type = "sobel_edges"
+  assert builders.config_changes(record, config)[0] == ["controlnet.control_type"]

@@ -723,11 +723,13 @@ _MISSING = "<missing>"
 def config_changes(recorded: dict, config) -> tuple[list[str], list[str], dict]:
   """(refused, allowed, {field: (recorded value, value now)}): the dotted fields of ``config`` that
   differ from ``recorded`` (a `config_record`). Refused: `RESUME_REFUSED_FIELDS` (the model, the
-  SDE, the data shape); allowed: the rest (optimiser, schedules, sampling, evaluation...)."""
+  SDE, the data shape); allowed: the rest (optimiser, schedules, sampling, evaluation...) and fields
+  the record lacks (added to the code after the run was recorded)."""
   old, new = _flatten(recorded), _flatten(config_record(config))
   changed = {k: (old.get(k, _MISSING), new.get(k, _MISSING)) for k in sorted(old.keys() | new.keys())
              if old.get(k, _MISSING) != new.get(k, _MISSING)}
-  refused = [k for k in changed if k not in RESUME_ALLOWED_MODEL_FIELDS
+  # A field missing from the record is newer than the run: the run had its default behaviour.
+  refused = [k for k in changed if k not in RESUME_ALLOWED_MODEL_FIELDS and changed[k][0] != _MISSING
              and any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_REFUSED_FIELDS)]
   allowed = [k for k in changed if k not in refused]
   return refused, allowed, changed
