@@ -14,6 +14,7 @@ SCRIPTS = {
     "bench_samplers.py": [],
     "bench_train_step.py": [],
     "cascade_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
+    "controlnet_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
     "digits_guidance.py": ["--figure", "{tmp}/guidance.png"],
     "dit_latent_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
     "inpainting_bias.py": [],
