@@ -245,6 +245,13 @@ def test_train_controlnet_sample_with_controls_and_eval(tmp_path):
 
   report = evaluation.evaluate(config, str(tmp_path / "cn"))[3]
   assert np.isfinite(report["fdd"]["value"]) and "bpd" not in report
+  # The reported adherence is that of the stored samples to the first 8 test digits' edge maps.
+  with np.load(tmp_path / "cn" / "eval" / "ckpt_1" / "samples_0.npz") as f:
+    stored = f["samples"].astype(np.float32) / 255.0
+  exp = builders.build_experiment(config)
+  controls = controlnet.sobel_edges(jnp.asarray(exp.test_images(0, 8)))
+  want = controlnet.adherence(stored, controls, exp.controlnet).mean()
+  assert report["adherence"]["value"] == pytest.approx(float(want), abs=1e-6)
   spec = json.load(open(tmp_path / "cn" / "eval" / "ckpt_1" / "sampling.json"))
   assert spec["controlnet"] == {"control_type": "sobel_edges", "control_scale": 1.0,
                                 "guidance_scale": 0.0}

@@ -148,7 +148,21 @@ def _checkpoint_report(exp: Experiment, params, step: int, ckpt: int, eval_dir: 
       logging_utils.save_image_grid(samples[:64].astype(np.float32) / 255.0,
                                     os.path.join(out_dir, "samples.png"))
     report.update(sample_metrics(exp, samples, inception, labels))
+    if exp.controlnet is not None:
+      report["adherence"] = control_adherence(exp, samples)
   return report
+
+
+def control_adherence(exp: Experiment, samples: np.ndarray) -> dict:
+  """Mean correlation between the controls of uint8 samples [N, H, W, C] and the controls they were
+  sampled under (those of the test images, cycling, as `Experiment.generate` draws them)."""
+  from score_sde.experiment import controlnet  # pylint: disable=import-outside-toplevel
+
+  images = samples.astype(np.float32) / 255.0
+  controls = np.asarray(exp.controlnet.control(exp.test_images(0, len(samples))))
+  scores = controlnet.adherence(images, controls, exp.controlnet)
+  return {"value": float(scores.mean()), "num_samples": int(len(samples)),
+          "control_type": exp.controlnet.control_type}
 
 
 def likelihood(config, workdir: str) -> float:
