@@ -1,12 +1,12 @@
 """A ControlNet on the main job's model: digits drawn along a given Sobel edge map.
 
-  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
   python main.py --config configs/digits/controlnet_edges.py --workdir runs/digits_edges \
       --mode train_controlnet --config.controlnet.base_workdir=runs/digits
   python main.py --config configs/digits/controlnet_edges.py --workdir runs/digits_edges \
       --mode sample [--control FOLDER_OF_EDGE_MAPS]
 
-The base DDPM++ of runs/digits is frozen; the trainable copy of its down path and middle block
+The base is the README's main job (configs/digits/ddpmpp_vp_small.py trained into runs/digits),
+frozen; the trainable copy of its down path and middle block
 (starting at the base's weights), the hint encoder and the zero convolutions learn to follow the
 Sobel edge map of the training digit (experiment/controlnet.py). 10% of the controls are dropped
 (all-zero), which makes guidance on the control (config.controlnet.guidance_scale) possible.
