@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def mean_test_loss(exp: Experiment, params, key) -> float:
   """Mean loss of ``params`` over the test split."""
-  eval_step = jax.jit(training.make_eval_step(exp.eval_loss))
+  eval_step = exp.compiled("eval_step", lambda: jax.jit(training.make_eval_step(exp.eval_loss)))
   total, count = 0.0, 0
   with exp.dataset(split="test", batch_size=exp.eval.batch_size, num_epochs=1, evaluation=True,
                    drop_remainder=False) as it:
@@ -39,20 +39,26 @@ def mean_test_loss(exp: Experiment, params, key) -> float:
   return total / count
 
 
+def _bpd_function(exp: Experiment):
+  """``bpd(params, key, images) -> bits/dim [B]``, jitted once per experiment: the parameters are an
+  argument, so every checkpoint of an evaluation reuses the compiled solve."""
+  ev = exp.eval
+  return exp.compiled("bits_per_dim", lambda: jax.jit(lambda params, k, x: likelihood_lib.bits_per_dim(
+      k, exp.unconditional_model(params), exp.sde, x, centered=exp.data.centered, dequantize=True,
+      n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
+      step_control=ev.bpd_step_control)[0]))
+
+
 def bits_per_dim(exp: Experiment, params, key) -> float:
   """Bits/dim of eval.bpd_dataset with uniform dequantization, repeated eval.bpd_num_repeats times."""
-  model = exp.unconditional_model(params)
   ev = exp.eval
-  bpd_fn = jax.jit(lambda k, x: likelihood_lib.bits_per_dim(
-      k, model, exp.sde, x, centered=exp.data.centered, dequantize=True,
-      n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
-      step_control=ev.bpd_step_control)[0])
+  bpd_fn = _bpd_function(exp)
   values = []
   with exp.dataset(split=ev.bpd_dataset, batch_size=ev.batch_size, num_epochs=1, evaluation=True,
                    drop_remainder=False) as it:
     bar = logging_utils.ProgressBar(total=len(it), desc="bits/dim")
     for i, batch in enumerate(it):
-      bpd = np.asarray(bpd_fn(jax.random.fold_in(key, i), jnp.asarray(batch["image"])))
+      bpd = np.asarray(bpd_fn(params, jax.random.fold_in(key, i), jnp.asarray(batch["image"])))
       values.append(bpd[batch["mask"]])
       bar.update(1)
     bar.close()

@@ -137,6 +137,14 @@ class Experiment:
   # the sampler takes control images. None otherwise.
   controlnet: Any = None
   _test_images: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+  _compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def compiled(self, name: str, build: Callable[[], Callable]) -> Callable:
+    """The function ``build()`` made once per experiment (e.g. a jitted evaluation reused by every
+    checkpoint of an evaluation run)."""
+    if name not in self._compiled:
+      self._compiled[name] = build()
+    return self._compiled[name]
 
   @property
   def replicated(self) -> NamedSharding:
