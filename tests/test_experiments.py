@@ -23,6 +23,7 @@ SCRIPTS = {
     "likelihood_nfe.py": [],
     "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
     "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
+    "train_parity.py": [],  # --quick: our side only (no torch in CI), a temporary workdir
 }
 
 
