@@ -223,6 +223,9 @@ def test_controlnet_configs_refuse_what_they_cannot_do(tmp_path):
   with pytest.raises(ValueError, match="enable_bpd=True is not available for a ControlNet"):
     builders.check_config(config)
   config.eval.enable_bpd = False
+  with pytest.raises(ValueError, match="--mode likelihood is not available for a super-resolution "
+                                       "or ControlNet"):
+    evaluation.likelihood(config, str(tmp_path / "w"))
   with pytest.raises(ValueError, match="--mode train_controlnet"):
     train.train(config, str(tmp_path / "w"))
   config.controlnet.base_workdir = None

@@ -175,6 +175,9 @@ def likelihood(config, workdir: str) -> float:
   """Bits/dim of the newest checkpoint on the test split; written to workdir/likelihood_<step>.json."""
   exp = builders.build_experiment(config)
   exp.require_pixel_space("--mode likelihood (bits/dim of the data)")
+  if exp.super_resolution is not None or exp.controlnet is not None:
+    raise ValueError("--mode likelihood is not available for a super-resolution or ControlNet "
+                     "model: its bits/dim would be conditional on the input image.")
   step, params = latest_params(exp, workdir)
   bpd = bits_per_dim(exp, params, jax.random.fold_in(exp.eval_key, step))
   atomic_json(os.path.join(workdir, f"likelihood_{step}.json"), {"step": step, "bpd": bpd})
