@@ -23,7 +23,8 @@ def _mode(module: str, function: str, *flag_names: str):
 
   def run(config, workdir):
     fn = getattr(importlib.import_module(f"score_sde.experiment.{module}"), function)
-    return fn(config, workdir, *(getattr(FLAGS, name) for name in flag_names))
+    # FLAGS[name].value: the default when called without parsed flags (from Python, as in tests).
+    return fn(config, workdir, *(FLAGS[name].value for name in flag_names))
 
   return run
 
