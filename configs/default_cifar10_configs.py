@@ -225,6 +225,11 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # EMA decay min(ema_rate, (1 + n)/(10 + n)) after n updates, as the PyTorch reference; False gives
   # the JAX reference's constant ema_rate (bit-compatible with its runs).
   model.ema_warmup = True
+  # Accelerator options of ncsnpp, ddpm and dit (docs/performance.md): the dtype the network
+  # computes in, "float32" or "bfloat16" (parameters, optimiser, EMA and loss stay float32), and
+  # jax.checkpoint per residual/attention/DiT block (less activation memory, ~1 more forward).
+  model.compute_dtype = "float32"
+  model.remat = False
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

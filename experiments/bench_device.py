@@ -2,6 +2,7 @@
 
   PYTHONPATH=. python experiments/bench_device.py                          # a GPU/TPU machine
   PYTHONPATH=. python experiments/bench_device.py --quick                  # a smoke test on CPU
+  PYTHONPATH=. python experiments/bench_device.py --compute_dtype bfloat16 --remat  # the options
 
 Prints, for the tiny NCSN++ of issue 15 (nf 32, ch_mult (1, 2), one res block, attention at 16,
 32x32x3, continuous VE) and for --config (default: CIFAR-10 DDPM++ continuous, the reference size):
@@ -11,7 +12,8 @@ Prints, for the tiny NCSN++ of issue 15 (nf 32, ch_mult (1, 2), one res block, a
   (float32 peak; the bf16 peak beside it);
 * the PC sampler's throughput (Euler-Maruyama, 100 steps): samples per second;
 * the likelihood of 8 images at rtol = atol = 1e-5 (Dopri5): NFE and seconds.
-Figures go to stdout and, with --out, to a JSON file; docs/performance.md records them.
+--compute_dtype and --remat set config.model.compute_dtype and config.model.remat (the accelerator
+options, docs/performance.md) for both models. Figures go to stdout and, with --out, to a JSON file; docs/performance.md records them.
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ def matmul_peak(n: int, dtype, repeats: int) -> float:
   return 2 * n**3 / _median(lambda: f(a), repeats)
 
 
-def load(config_file: str, quick: bool, tiny: bool):
+def load(config_file: str, quick: bool, tiny: bool, compute_dtype: str, remat: bool):
   config = builders.load_config_file(config_file, "--config")
+  config.model.update(compute_dtype=compute_dtype, remat=remat)
   if tiny:
     config.model.update(TINY)
     config.data.update(image_size=32, num_channels=3)
@@ -104,6 +107,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None)
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--compute_dtype", default="float32", choices=builders.COMPUTE_DTYPES)
+  parser.add_argument("--remat", action="store_true")
   args = parser.parse_args()
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   gemm = 4096
@@ -111,13 +116,14 @@ def main():
     batch_sizes, args.repeats, gemm = [2], 1, 256
   device = jax.devices()[0]
   report = {"device": f"{device.platform}: {device.device_kind} x {jax.device_count()}",
+            "compute_dtype": args.compute_dtype, "remat": args.remat,
             "peak_tflops_float32": matmul_peak(gemm, jnp.float32, args.repeats) / 1e12}
   if device.platform != "cpu":
     report["peak_tflops_bfloat16"] = matmul_peak(gemm, jnp.bfloat16, args.repeats) / 1e12
   print(json.dumps(report), flush=True)
   for name, tiny in (("tiny NCSN++ (issue 15)", True), (args.config, False)):
     config = load(args.config if not tiny else "configs/ve/cifar10_ncsnpp_continuous.py",
-                  args.quick, tiny)
+                  args.quick, tiny, args.compute_dtype, args.remat)
     rows = []
     for b in batch_sizes:
       row = train_step_figures(config, b, args.repeats)

@@ -182,6 +182,38 @@ def _required(config, section: str, field: str):
   return value
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+# The networks that compute in their input's dtype and take ``remat`` (accelerator options).
+ACCELERATOR_MODELS = ("ncsnpp", "ddpm", "dit")
+
+
+def _accelerator_model(config, field: str) -> None:
+  if config.model.name not in ACCELERATOR_MODELS:
+    raise ValueError(f"config.model.{field} is supported by models {list(ACCELERATOR_MODELS)}, "
+                     f"not {config.model.name!r}; leave it at its default.")
+
+
+def compute_dtype(config):
+  """``config.model.compute_dtype``: the dtype the network computes in (float32 parameters and
+  loss either way; see `training.linen_model_fn`)."""
+  m = config.model
+  name = m.get("compute_dtype", "float32")
+  check_choice(name, COMPUTE_DTYPES, "config.model.compute_dtype")
+  if name != "float32":
+    _accelerator_model(config, "compute_dtype")
+  if m.get("dtype", "float32") != "float32":
+    raise ValueError(f"config.model.dtype={m.dtype!r} (DiT) is replaced by "
+                     f"config.model.compute_dtype; set that to {m.dtype!r} and model.dtype to "
+                     "'float32'.")
+  return jnp.dtype(name)
+
+
+def _check_remat(config) -> None:
+  """``config.model.remat`` (jax.checkpoint per block) needs a network that has the option."""
+  if config.model.get("remat", False):
+    _accelerator_model(config, "remat")
+
+
 def _check_group_norm(config) -> None:
   norm = config.model.get("normalization", "GroupNorm")
   if norm != "GroupNorm":
@@ -201,7 +233,7 @@ def _ddpm_fields(config) -> dict:
       nonlinearity=m.get("nonlinearity", "swish"),
       sigma_min=m.get("sigma_min", 0.01), sigma_max=m.get("sigma_max", 50.0),
       num_scales=m.get("num_scales", 1000), num_classes=m.get("num_classes", 0),
-      low_res_channels=_low_res_channels(config))
+      low_res_channels=_low_res_channels(config), remat=bool(m.get("remat", False)))
 
 
 def _ncsnpp_fields(config) -> dict:
@@ -288,8 +320,8 @@ def _dit_fields(config) -> dict:
   return dict(
       patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.get("mlp_ratio", 4.0), learn_sigma=m.get("learn_sigma", False),
-      num_classes=m.get("num_classes", 0), dtype=jnp.dtype(m.get("dtype", "float32")),
-      low_res_channels=_low_res_channels(config))
+      num_classes=m.get("num_classes", 0), low_res_channels=_low_res_channels(config),
+      remat=bool(m.get("remat", False)))
 
 
 # config.model.name -> the constructor arguments of models.MODELS[name].
@@ -309,6 +341,7 @@ def get_model(config):
   """The score network ``config.model.name`` of ``models.MODELS``, with ``config.model`` fields."""
   name = config.model.name
   check_choice(name, models.MODELS, "config.model.name")
+  _check_remat(config)
   num_classes = config.model.get("num_classes", 0)
   if num_classes and name not in models.CLASS_CONDITIONAL_MODELS:
     raise ValueError(f"config.model.num_classes={num_classes} (class-conditional training) is "
@@ -818,7 +851,8 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   sde = get_sde(config)
   module = get_model(config)
   k = num_classes(config)
-  model_fn = training.linen_model_fn(module)
+  dtype = compute_dtype(config)
+  model_fn = training.linen_model_fn(module, dtype)
   optimizer = get_optimizer(config)
   root_key, _, train_key, eval_key, sample_key = root_keys(config)
   latent_space = get_latent_space(config)
@@ -828,7 +862,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
                  else (data.image_size, data.image_size, data.num_channels))
   if control is not None:
     module = _controlled_module(config, module, model_shape[0])
-    model_fn = training.linen_model_fn(module)
+    model_fn = training.linen_model_fn(module, dtype)
   classifier_module = get_classifier(config)
   classifier_fn = classifier_training.get_classifier_fn(classifier_module)
   guidance = get_guidance(config, guidance)

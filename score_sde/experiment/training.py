@@ -42,12 +42,18 @@ class ConsistencyTrainState(TrainState):
   target_params: Params
 
 
-def linen_model_fn(module: nn.Module) -> Callable:
+def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32) -> Callable:
   """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
   ``class_labels`` int [B], ``low_res`` [B, h, w, C'] with ``aug_level`` [B] of a
   super-resolution network, and the control image ``hint`` with ``control_scale`` of a ControlNet,
   are forwarded only when given, so other modules keep their call.
+
+  ``compute_dtype`` (``config.model.compute_dtype``, e.g. bfloat16 mixed precision): the images
+  x, ``low_res`` and ``hint`` are cast to it and the networks (ncsnpp, ddpm, dit) compute in their
+  input's dtype, casting the float32 parameters at use; the output is cast back to float32, so the
+  loss is float32 and the gradients reach float32 parameters. Noise labels and ``aug_level`` stay
+  float32: the networks embed them in float32 (sin/cos of arguments up to ~1e3).
   """
 
   def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None,
@@ -55,10 +61,12 @@ def linen_model_fn(module: nn.Module) -> Callable:
     rngs = {"dropout": rng} if (train and rng is not None) else None
     extra = {} if class_labels is None else {"class_labels": class_labels}
     if low_res is not None:  # a super-resolution network (experiment/super_resolution.py)
-      extra.update(low_res=low_res, aug_level=aug_level)
+      extra.update(low_res=low_res.astype(compute_dtype), aug_level=aug_level)
     if hint is not None:  # a ControlNet (experiment/controlnet.py)
-      extra.update(hint=hint, control_scale=control_scale)
-    return module.apply({"params": params}, x, labels, train=train, rngs=rngs, **extra)
+      extra.update(hint=hint.astype(compute_dtype), control_scale=control_scale)
+    out = module.apply({"params": params}, x.astype(compute_dtype), labels, train=train, rngs=rngs,
+                       **extra)
+    return out.astype(jnp.float32)
 
   return model_fn
 

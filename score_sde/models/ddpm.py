@@ -4,7 +4,7 @@ Wide-ResNet blocks with GroupNorm (32 groups), sinusoidal time embedding, self-a
 resolutions in `attn_resolutions`, nearest-neighbour upsampling and strided-conv downsampling.
 Reference model name `ddpm`; same call convention as NCSN++ (noise_labels [B], e.g. 999·t for VP),
 including the optional class conditioning (`num_classes`, `class_labels`) for classifier-free
-guidance.
+guidance. Computes in x's dtype and takes ``remat`` as NCSN++ does (ncsnpp.py).
 """
 import functools
 from typing import Sequence
@@ -37,6 +37,8 @@ class DDPM(nn.Module):
   low_res_channels: int = 0
   # The trainable copy of a ControlNet, as in ncsnpp.py (``control``, ``hint_features``).
   control_copy: bool = False
+  # jax.checkpoint (nn.remat) per residual and attention block: less activation memory, more compute.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, noise_labels, train: bool = True, class_labels=None, low_res=None,
@@ -52,18 +54,20 @@ class DDPM(nn.Module):
                        "is added to the time embedding).")
     act = layers.get_act(self.nonlinearity)
     nf, num_levels = self.nf, len(self.ch_mult)
-    res_block = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
+    block = layers.block_maker(self.remat)
+    res_block = functools.partial(block, layers.ResnetBlockDDPM, act=act, dropout=self.dropout)
+    attn_block = functools.partial(block, layers.AttnBlock)
 
     if self.conditional:
-      temb = layers.get_timestep_embedding(noise_labels, nf)
-      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+      dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(), dtype=x.dtype)
+      temb = layers.get_timestep_embedding(noise_labels, nf).astype(x.dtype)
+      temb = dense()(temb)
+      temb = dense()(act(temb))
       if self.num_classes:
-        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
+        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, dtype=x.dtype, name="class_embed")(
             class_labels)
       if self.low_res_channels:
-        temb = temb + nn.Dense(nf * 4, kernel_init=layers.default_init(), name="aug_embed")(
-            layers.aug_level_embedding(aug_level, nf))
+        temb = temb + dense(name="aug_embed")(layers.aug_level_embedding(aug_level, nf))
     else:
       temb = None
 
@@ -76,14 +80,14 @@ class DDPM(nn.Module):
       for _ in range(self.num_res_blocks):
         h = res_block(out_ch=nf * self.ch_mult[i_level])(hs[-1], temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = layers.AttnBlock()(h)
+          h = attn_block()(h)
         hs.append(h)
       if i_level != num_levels - 1:
         hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
 
     h = hs[-1]
     h = res_block()(h, temb, train)
-    h = layers.AttnBlock()(h)
+    h = attn_block()(h)
     h = res_block()(h, temb, train)
     if self.control_copy:
       return [*hs, h]
@@ -94,12 +98,12 @@ class DDPM(nn.Module):
         h = res_block(out_ch=nf * self.ch_mult[i_level])(
             jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
       if h.shape[1] in self.attn_resolutions:
-        h = layers.AttnBlock()(h)
+        h = attn_block()(h)
       if i_level != 0:
         h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
     assert not hs
 
-    h = act(layers.group_norm(h.shape[-1], 32)(h))
+    h = act(layers.group_norm(h.shape[-1], 32, h.dtype)(h))
     h = layers.conv(h, x.shape[-1], init_scale=0.0)
     if self.scale_by_sigma:  # for the SMLD loss with discrete level labels
       sigmas = discrete_sigmas(self.sigma_min, self.sigma_max, self.num_scales)

@@ -20,8 +20,11 @@ sin-cos position embedding (a numpy constant, not a parameter); conditioning c =
   objective trains) unless `return_sigma`; the σ half keeps its parameters for checkpoint import
   and parameter-count parity and, untouched by our losses, gets no gradient.
 * No dropout: `train` is accepted for the common call convention and ignored.
-* `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32 and the output is
-  float32.
+* The compute dtype is `dtype`, or when None (the default) the dtype of x, as for the UNets
+  (`config.model.compute_dtype` casts x in `training.linen_model_fn`); parameters stay float32, the
+  LayerNorm statistics, the attention softmax (jax.nn.dot_product_attention's float32 logits) and
+  the timestep sinusoid are float32, and the output is float32.
+* `remat` runs each block under `jax.checkpoint` (nn.remat), with the same parameter paths.
 """
 import math
 from typing import Any
@@ -151,13 +154,15 @@ class DiT(nn.Module):
   learn_sigma: bool = False
   return_sigma: bool = False
   frequency_embedding_size: int = 256
-  dtype: Any = jnp.float32
+  dtype: Any = None  # the compute dtype; None: x's dtype
   # Channels of the low-resolution input of a super-resolution network (0: none): resized to H×W
   # (bicubic) and concatenated to x before patchify; its augmentation level joins c.
   low_res_channels: int = 0
   # The trainable copy of a ControlNet (models/controlnet.py): patch embedding, conditioning and
   # the `depth` blocks, returning each block's output tokens; see __call__.
   control_copy: bool = False
+  # jax.checkpoint (nn.remat) per block: less activation memory, more compute.
+  remat: bool = False
 
   def validate(self, x_shape) -> None:
     """Fails early on fields or inputs the architecture cannot take."""
@@ -186,11 +191,12 @@ class DiT(nn.Module):
     if noise_labels.shape != (b,):
       raise ValueError(f"dit expects noise_labels [B]=({b},); got {noise_labels.shape}.")
     p, d = self.patch_size, self.hidden_size
+    dtype = x.dtype if self.dtype is None else self.dtype
     pos = sincos_pos_embed_2d(d, h // p, w // p)  # [T, D], a constant
     x_in = x if low_res is None else jnp.concatenate(
         [x, layers.upsample_low_res(low_res, h, w)], axis=-1)
-    tokens = nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="x_embedder")(
-        patchify(x_in, p)) + jnp.asarray(pos, self.dtype)  # [B, T, D]
+    tokens = nn.Dense(d, kernel_init=_xavier, dtype=dtype, name="x_embedder")(
+        patchify(x_in, p)) + jnp.asarray(pos, dtype)  # [B, T, D]
     tokens = layers.add_hint_features(tokens, hint_features, self.control_copy, "dit")
     control = [] if control is None else list(control)
     if len(control) > self.depth or any(r.shape != tokens.shape for r in control):
@@ -199,19 +205,19 @@ class DiT(nn.Module):
 
     normal = nn.initializers.normal(0.02)
     temb = timestep_embedding(noise_labels, self.frequency_embedding_size)
-    temb = nn.Dense(d, kernel_init=normal, dtype=self.dtype, name="t_embedder_0")(temb)
-    cond = nn.Dense(d, kernel_init=normal, dtype=self.dtype, name="t_embedder_2")(nn.silu(temb))
+    temb = nn.Dense(d, kernel_init=normal, dtype=dtype, name="t_embedder_0")(temb)
+    cond = nn.Dense(d, kernel_init=normal, dtype=dtype, name="t_embedder_2")(nn.silu(temb))
     if self.num_classes:
-      cond = cond + nn.Embed(self.num_classes + 1, d, embedding_init=normal, dtype=self.dtype,
+      cond = cond + nn.Embed(self.num_classes + 1, d, embedding_init=normal, dtype=dtype,
                              name="y_embedder")(class_labels)  # [B, D]
     if self.low_res_channels:
-      cond = cond + nn.Dense(d, kernel_init=normal, dtype=self.dtype, name="aug_embedder")(
+      cond = cond + nn.Dense(d, kernel_init=normal, dtype=dtype, name="aug_embedder")(
           timestep_embedding(999.0 * aug_level, self.frequency_embedding_size))
 
+    block = nn.remat(DiTBlock) if self.remat else DiTBlock
     features = []
     for i in range(self.depth):
-      tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(
-          tokens, cond)
+      tokens = block(self.num_heads, self.mlp_ratio, dtype, name=f"blocks_{i}")(tokens, cond)
       features.append(tokens)
       if i < len(control):
         tokens = tokens + control[i]
@@ -219,11 +225,11 @@ class DiT(nn.Module):
       return features
 
     out_channels = 2 * c if self.learn_sigma else c
-    shift, scale = jnp.split(nn.Dense(2 * d, kernel_init=_zeros, dtype=self.dtype,
+    shift, scale = jnp.split(nn.Dense(2 * d, kernel_init=_zeros, dtype=dtype,
                                       name="final_adaLN_modulation")(nn.silu(cond))[:, None], 2,
                              axis=-1)
-    tokens = _modulate(_layer_norm(self.dtype)(tokens), shift, scale)
-    tokens = nn.Dense(p * p * out_channels, kernel_init=_zeros, dtype=self.dtype,
+    tokens = _modulate(_layer_norm(dtype)(tokens), shift, scale)
+    tokens = nn.Dense(p * p * out_channels, kernel_init=_zeros, dtype=dtype,
                       name="final_linear")(tokens)  # [B, T, p·p·C_out]
     out = unpatchify(tokens, p, h, w).astype(jnp.float32)  # [B, H, W, C_out]
     return out if self.return_sigma else out[..., :c]

@@ -5,7 +5,13 @@ All images are NHWC. Submodule and parameter names (`Conv_0`, `GroupNorm_1`, `NI
 
 Initialisation (reference): variance scaling, fan_avg, uniform, with a per-layer scale where a scale of 0
 means 1e-10 (the last convolution of each residual branch starts near zero); NIN layers default to 0.1.
+
+Compute dtype: every layer computes in the dtype of its input (float32, or bfloat16 when
+``config.model.compute_dtype='bfloat16'`` casts the network's input), casting its float32 parameters
+at use (flax's ``dtype``); GroupNorm statistics and the attention softmax stay in float32.
 """
+import collections
+import inspect
 import math
 from typing import Callable, Optional, Sequence
 
@@ -37,21 +43,43 @@ def default_init(scale: float = 1.0):
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
-def group_norm(channels: int, num_groups: Optional[int] = None) -> nn.GroupNorm:
-  """GroupNorm with `num_groups` groups, default min(C // 4, 32) as in NCSN++; epsilon 1e-6."""
+def group_norm(channels: int, num_groups: Optional[int] = None, dtype=None) -> nn.GroupNorm:
+  """GroupNorm with `num_groups` groups, default min(C // 4, 32) as in NCSN++; epsilon 1e-6.
+  ``dtype``: its output dtype (pass the input's); the statistics are float32 (flax's
+  ``force_float32_reductions``)."""
   groups = min(channels // 4, 32) if num_groups is None else num_groups
   if groups < 1 or channels % groups:
     raise ValueError(f"GroupNorm: {channels} channels cannot be split into {groups} groups; "
                      "use a channel count divisible by the group count (and >= 4).")
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype)
 
 
 def conv(x, features: int, kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
          use_bias: bool = True):
-  """DDPM-initialised square convolution with SAME padding; call inside a compact method."""
+  """DDPM-initialised square convolution with SAME padding, in x's dtype; call inside a compact
+  method."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
                  use_bias=use_bias, kernel_init=default_init(init_scale),
-                 bias_init=nn.initializers.zeros)(x)
+                 bias_init=nn.initializers.zeros, dtype=x.dtype)(x)
+
+
+def block_maker(remat: bool) -> Callable:
+  """``make(cls, **fields)``: a block of class ``cls`` named ``{cls.__name__}_{i}`` (the i-th such
+  block), the name flax gives it unnamed, and with ``remat`` wrapped in ``nn.remat``
+  (``jax.checkpoint``: its activations are recomputed in the backward pass instead of stored).
+  The explicit name keeps the parameter paths of checkpoints and weight converters: flax would
+  name the lifted class ``Checkpoint{cls.__name__}``. A ``train`` argument is static."""
+  counts = collections.Counter()
+
+  def make(cls, **fields):
+    name = f"{cls.__name__}_{counts[cls.__name__]}"
+    counts[cls.__name__] += 1
+    if remat:
+      args = list(inspect.signature(cls.__call__).parameters)  # self counts in static_argnums
+      cls = nn.remat(cls, static_argnums=(args.index("train"),) if "train" in args else ())
+    return cls(name=name, **fields)
+
+  return make
 
 
 def get_timestep_embedding(timesteps, embedding_dim: int, max_positions: int = 10000):
@@ -155,7 +183,10 @@ def check_class_labels(model: str, num_classes: int, class_labels, batch_size: i
 
 
 class GaussianFourierProjection(nn.Module):
-  """Random Fourier features [sin 2πxW, cos 2πxW] with frozen W ~ N(0, scale²) (Tancik et al., 2020)."""
+  """Random Fourier features [sin 2πxW, cos 2πxW] with frozen W ~ N(0, scale²) (Tancik et al., 2020).
+
+  Always float32: the arguments reach hundreds of radians, which bfloat16 would round by whole
+  radians."""
   embedding_size: int = 256
   scale: float = 1.0
 
@@ -163,12 +194,12 @@ class GaussianFourierProjection(nn.Module):
   def __call__(self, x):  # x: [B]
     w = jax.lax.stop_gradient(
         self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,)))
-    proj = x[:, None] * w[None, :] * 2 * jnp.pi
+    proj = x.astype(jnp.float32)[:, None] * w[None, :] * 2 * jnp.pi
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)  # [B, 2E]
 
 
 class NIN(nn.Module):
-  """Per-pixel dense layer ("network in network"), W [C_in, C_out]."""
+  """Per-pixel dense layer ("network in network"), W [C_in, C_out], in x's dtype."""
   num_units: int
   init_scale: float = 0.1
 
@@ -176,11 +207,12 @@ class NIN(nn.Module):
   def __call__(self, x):
     w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
     b = self.param("b", nn.initializers.zeros, (self.num_units,))
-    return jnp.tensordot(x, w, axes=1) + b
+    return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
 
 
 class Conv2d(nn.Module):
-  """Convolution with optional fused FIR up/down-sampling (StyleGAN2); params `weight` [K,K,I,O], `bias`."""
+  """Convolution with optional fused FIR up/down-sampling (StyleGAN2), in x's dtype; params
+  `weight` [K,K,I,O], `bias`."""
   features: int
   kernel_size: int = 3
   up: bool = False
@@ -195,6 +227,7 @@ class Conv2d(nn.Module):
       raise ValueError("Conv2d: up and down are mutually exclusive.")
     w = self.param("weight", default_init(self.init_scale),
                    (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    w = w.astype(x.dtype)
     if self.up:
       x = fir_ops.upsample_conv_2d(x, w, k=self.resample_kernel)
     elif self.down:
@@ -203,7 +236,7 @@ class Conv2d(nn.Module):
       x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
-      x = x + self.param("bias", nn.initializers.zeros, (self.features,))
+      x = x + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
     return x
 
 
@@ -222,7 +255,8 @@ class Combine(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-  """Single-head self-attention over all pixels (DDPM), residual, optionally rescaled by 1/√2."""
+  """Single-head self-attention over all pixels (DDPM), residual, optionally rescaled by 1/√2; the
+  softmax in float32."""
   skip_rescale: bool = False
   init_scale: float = 0.0
   norm_groups: Optional[int] = None
@@ -230,15 +264,16 @@ class AttnBlockpp(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, height, width, c = x.shape
-    h = group_norm(c, self.norm_groups)(x)
+    h = group_norm(c, self.norm_groups, x.dtype)(x)
     q = NIN(c)(h)
     k = NIN(c)(h)
     v = NIN(c)(h)
     logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k).reshape(b, height, width, -1) * c ** -0.5
-    attn = jax.nn.softmax(logits, axis=-1).reshape(b, height, width, height, width)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+    attn = attn.reshape(b, height, width, height, width)
     h = jnp.einsum("bhwHW,bHWc->bhwc", attn, v)
     h = NIN(c, init_scale=self.init_scale)(h)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
 class AttnBlock(AttnBlockpp):
@@ -300,16 +335,17 @@ class ResnetBlockDDPMpp(nn.Module):
   def __call__(self, x, temb=None, train: bool = True):
     c = x.shape[-1]
     out_ch = self.out_ch or c
-    h = self.act(group_norm(c, self.norm_groups)(x))
+    h = self.act(group_norm(c, self.norm_groups, x.dtype)(x))
     h = conv(h, out_ch, self.conv_size)
     if temb is not None:
-      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-    h = self.act(group_norm(out_ch, self.norm_groups)(h))
+      h += nn.Dense(out_ch, kernel_init=default_init(), dtype=x.dtype)(
+          self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, self.norm_groups, x.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv(h, out_ch, self.conv_size, init_scale=self.init_scale)
     if c != out_ch:
       x = conv(x, out_ch, self.conv_size) if self.conv_shortcut else NIN(out_ch)(x)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
 
 
 class ResnetBlockDDPM(ResnetBlockDDPMpp):
@@ -334,7 +370,7 @@ class ResnetBlockBigGANpp(nn.Module):
   def __call__(self, x, temb=None, train: bool = True):
     c = x.shape[-1]
     out_ch = self.out_ch or c
-    h = self.act(group_norm(c)(x))
+    h = self.act(group_norm(c, dtype=x.dtype)(x))
     if self.up:
       resample = ((lambda a: fir_ops.upsample_2d(a, self.fir_kernel, factor=2)) if self.fir
                   else (lambda a: fir_ops.naive_upsample_2d(a, 2)))
@@ -345,10 +381,11 @@ class ResnetBlockBigGANpp(nn.Module):
       h, x = resample(h), resample(x)
     h = conv(h, out_ch, self.conv_size)
     if temb is not None:
-      h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-    h = self.act(group_norm(out_ch)(h))
+      h += nn.Dense(out_ch, kernel_init=default_init(), dtype=x.dtype)(
+          self.act(temb))[:, None, None, :]
+    h = self.act(group_norm(out_ch, dtype=x.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv(h, out_ch, self.conv_size, init_scale=self.init_scale)
     if c != out_ch or self.up or self.down:
       x = conv(x, out_ch, kernel_size=1)
-    return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
+    return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h

@@ -11,8 +11,14 @@ the sinusoidal embedding (999t or t(N-1) for VP, the level index for discrete VE
 With `num_classes` K > 0 the network is class-conditional for classifier-free guidance (Ho &
 Salimans 2022): `class_labels` int [B] in 0..K, where K is the null (unconditional) class, go through
 `nn.Embed(K + 1, 4 nf)` (parameter `class_embed`) and are added to the time embedding.
+
+The network computes in the dtype of x (float32, or bfloat16 from ``config.model.compute_dtype``;
+see layers.py); the noise embedding's sin/cos are computed in float32 from the float32 labels and
+then cast. ``remat`` recomputes each residual and attention block in the backward pass
+(``jax.checkpoint``), with the same parameter paths.
 """
 import functools
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -74,6 +80,8 @@ class NCSNpp(nn.Module):
   # The trainable copy of a ControlNet (models/controlnet.py): only the down path and middle block,
   # returning their features; see __call__.
   control_copy: bool = False
+  # jax.checkpoint (nn.remat) per residual and attention block: less activation memory, more compute.
+  remat: bool = False
 
   def validate(self):
     """Raise a ValueError naming the valid choices for any unknown or inconsistent option."""
@@ -117,7 +125,7 @@ class NCSNpp(nn.Module):
     act = layers.get_act(self.nonlinearity)
     nf, init_scale, skip_rescale = self.nf, self.init_scale, self.skip_rescale
     conv = functools.partial(layers.conv, kernel_size=self.conv_size)
-    rescale = (lambda a: a / np.sqrt(2.0)) if skip_rescale else (lambda a: a)
+    rescale = (lambda a: a / math.sqrt(2.0)) if skip_rescale else (lambda a: a)
 
     # Noise-level embedding.
     if self.embedding_type == "fourier":
@@ -125,27 +133,29 @@ class NCSNpp(nn.Module):
       temb = layers.GaussianFourierProjection(nf, self.fourier_scale)(jnp.log(noise_labels))
     else:
       temb = layers.get_timestep_embedding(noise_labels, nf)
+    temb = temb.astype(x.dtype)
     if self.conditional:
-      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-      temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+      dense = functools.partial(nn.Dense, nf * 4, kernel_init=layers.default_init(), dtype=x.dtype)
+      temb = dense()(temb)
+      temb = dense()(act(temb))
       if self.num_classes:
-        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, name="class_embed")(
+        temb = temb + nn.Embed(self.num_classes + 1, nf * 4, dtype=x.dtype, name="class_embed")(
             class_labels)
       if self.low_res_channels:
-        temb = temb + nn.Dense(nf * 4, kernel_init=layers.default_init(), name="aug_embed")(
-            layers.aug_level_embedding(aug_level, nf))
+        temb = temb + dense(name="aug_embed")(layers.aug_level_embedding(aug_level, nf))
     else:
       temb = None
 
     resample = dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel), conv_size=self.conv_size)
-    attn_block = functools.partial(layers.AttnBlockpp, init_scale=init_scale,
+    block = layers.block_maker(self.remat)
+    attn_block = functools.partial(block, layers.AttnBlockpp, init_scale=init_scale,
                                    skip_rescale=skip_rescale)
     if self.resblock_type == "ddpm":
-      res_block = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=self.dropout,
+      res_block = functools.partial(block, layers.ResnetBlockDDPMpp, act=act, dropout=self.dropout,
                                     init_scale=init_scale, skip_rescale=skip_rescale,
                                     conv_size=self.conv_size)
     else:
-      res_block = functools.partial(layers.ResnetBlockBigGANpp, act=act, dropout=self.dropout,
+      res_block = functools.partial(block, layers.ResnetBlockBigGANpp, act=act, dropout=self.dropout,
                                     fir=self.fir, fir_kernel=tuple(self.fir_kernel),
                                     init_scale=init_scale, skip_rescale=skip_rescale,
                                     conv_size=self.conv_size)
@@ -197,7 +207,7 @@ class NCSNpp(nn.Module):
         h = attn_block()(h)
 
       if self.progressive == "output_skip":
-        pyramid_h = conv(act(layers.group_norm(h.shape[-1])(h)), x.shape[-1],
+        pyramid_h = conv(act(layers.group_norm(h.shape[-1], dtype=h.dtype)(h)), x.shape[-1],
                          init_scale=init_scale)
         if pyramid is None:
           pyramid = pyramid_h
@@ -205,7 +215,7 @@ class NCSNpp(nn.Module):
           pyramid = layers.Upsample(with_conv=False, **resample)(pyramid) + pyramid_h
       elif self.progressive == "residual":
         if pyramid is None:
-          pyramid = conv(act(layers.group_norm(h.shape[-1])(h)), h.shape[-1])
+          pyramid = conv(act(layers.group_norm(h.shape[-1], dtype=h.dtype)(h)), h.shape[-1])
         else:
           pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, **resample)(pyramid)
           h = pyramid = rescale(pyramid + h)
@@ -220,7 +230,7 @@ class NCSNpp(nn.Module):
     if self.progressive == "output_skip":
       h = pyramid
     else:
-      h = conv(act(layers.group_norm(h.shape[-1])(h)), x.shape[-1], init_scale=init_scale)
+      h = conv(act(layers.group_norm(h.shape[-1], dtype=h.dtype)(h)), x.shape[-1], init_scale=init_scale)
 
     if self.scale_by_sigma:
       if self.embedding_type == "positional":
