@@ -164,7 +164,8 @@ def main():
   args = parser.parse_args()
   if args.quick:
     args.runs = args.runs or tempfile.mkdtemp(prefix="controlnet_")
-    args.steps, args.every, args.num_samples, args.seeds, args.ddim_steps = 2, 1, 8, 1, 3
+    args.steps, args.every, args.num_samples, args.seeds, args.ddim_steps = 2, 2, 8, 1, 3
+    args.scales = "0,1"
     args.doc, args.figure = os.path.join(args.runs, "doc.md"), os.path.join(args.runs, "f.png")
     with open(args.doc, "w") as f:
       f.write("<!-- controlnet:begin -->\n<!-- controlnet:end -->\n")

@@ -176,6 +176,7 @@ def test_option_combinations_run_and_condition_on_noise(combo):
 X4 = jnp.repeat(jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3)), 2, axis=0)
 
 
+@pytest.mark.slow
 def test_scale_by_sigma_divides_by_sigma_continuous_and_discrete():
   x = X4
   for embedding_type, labels, sigmas in [

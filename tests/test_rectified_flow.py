@@ -152,7 +152,7 @@ def test_velocity_score_fn_feeds_labels_and_class_labels(x64):
 # --- samplers ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, options", [
-    ("flow", dict(num_steps=32, solver="heun")),
+    pytest.param("flow", dict(num_steps=32, solver="heun"), marks=pytest.mark.slow),
     ("ode", dict(rtol=1e-4, atol=1e-4)),
     ("pc", dict(predictor="reverse_diffusion", corrector="langevin")),
     ("pc", dict(predictor="euler_maruyama", corrector="none")),

@@ -38,6 +38,9 @@ OPTIONS = {
 CASES = [(name, sde) for name in sorted(SAMPLERS) for sde in SDES
          if not (name == "ald" and sde == "vp")]
 VP_OR_VE = {name: "ve" if name == "ald" else "vp" for name in SAMPLERS}
+# The adaptive ODE's cases take 5-6 s each: the slow tier runs them.
+TIERED_CASES = [pytest.param(name, sde, marks=pytest.mark.slow) if name == "ode" else (name, sde)
+                for name, sde in CASES]
 
 
 def _gaussian(mean=MU):
@@ -77,7 +80,7 @@ def test_signature_is_the_protocol(name):
   assert name in ("pc", "ald") or "num_steps" in options or "rtol" in options
 
 
-@pytest.mark.parametrize("name, sde_name", CASES)
+@pytest.mark.parametrize("name, sde_name", TIERED_CASES)
 def test_samples_do_not_depend_on_the_batch_and_nfe_is_an_int(name, sde_name, x64):
   """Sample b draws from fold_in(key, b) alone: rows of a batch of 2 equal those of a batch of 5."""
   score_fn = _gaussian().score_fn(SDES[sde_name])
@@ -100,7 +103,7 @@ def test_pc_langevin_corrector_couples_the_batch(x64):
   assert not np.allclose(small, large[:2], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, sde_name", CASES)
+@pytest.mark.parametrize("name, sde_name", TIERED_CASES)
 def test_score_and_denoiser_give_the_same_samples(name, sde_name, x64):
   """The exact score and the exact denoiser of the same Gaussian are one model in two forms.
 
