@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_sde.experiment import evaluation
 from score_sde.samplers import likelihood
 from score_sde.diffusion import sde as sde_lib
 from score_sde.diffusion import toy
@@ -84,3 +85,14 @@ def test_bits_per_dim_batch_step_control_matches_closed_form(x64):
                                        step_control=control)
     np.testing.assert_allclose(bpd, expected, atol=2e-3, err_msg=control)
     assert np.ndim(nfe) == 0 and int(nfe) > 0
+
+
+@pytest.mark.parametrize("n, batch, multiple", [(297, 128, 1), (297, 128, 2), (256, 128, 4), (5, 8, 1),
+                                                (1000, 96, 8), (41, 128, 8)])
+def test_balanced_batch_size_keeps_the_batch_count_and_cuts_the_padding(n, batch, multiple):
+  b = evaluation.balanced_batch_size(n, batch, multiple)
+  num_batches = -(-n // batch)
+  assert b % multiple == 0 and b <= -(-batch // multiple) * multiple
+  assert -(-n // b) == num_batches  # as many batches (compiled solves) as before
+  assert num_batches * b - n < num_batches * multiple  # padding under `multiple` per batch
+  assert evaluation.balanced_batch_size(297, 128, 1) == 99

@@ -49,12 +49,25 @@ def _bpd_function(exp: Experiment):
       step_control=ev.bpd_step_control)[0]))
 
 
+def balanced_batch_size(num_examples: int, batch_size: int, multiple: int) -> int:
+  """The smallest multiple of ``multiple`` that covers ``num_examples`` in as many batches as
+  ``batch_size`` does: the final batch's padding (solved, then masked) shrinks to under ``multiple``
+  per batch, e.g. 297 test digits in batches of 99 rather than 128, 128 and 41 padded to 128."""
+  num_batches = -(-num_examples // batch_size)
+  per_batch = -(-num_examples // num_batches)
+  return -(-per_batch // multiple) * multiple
+
+
 def bits_per_dim(exp: Experiment, params, key) -> float:
   """Bits/dim of eval.bpd_dataset with uniform dequantization, repeated eval.bpd_num_repeats times."""
   ev = exp.eval
   bpd_fn = _bpd_function(exp)
   values = []
   with exp.dataset(split=ev.bpd_dataset, batch_size=ev.batch_size, num_epochs=1, evaluation=True,
+                   drop_remainder=False) as it:
+    num_examples = it.num_examples
+  batch_size = balanced_batch_size(num_examples, ev.batch_size, jax.device_count())
+  with exp.dataset(split=ev.bpd_dataset, batch_size=batch_size, num_epochs=1, evaluation=True,
                    drop_remainder=False) as it:
     bar = logging_utils.ProgressBar(total=len(it), desc="bits/dim")
     for i, batch in enumerate(it):
