@@ -70,7 +70,7 @@ def main():
   parser.add_argument("--figure", default=None)
   parser.add_argument("--quick", action="store_true", help="untrained tiny models, n=20")
   args = parser.parse_args()
-  cfg_config, small_config = ddpmpp_vp_cfg.get_config(), ddpmpp_vp_small.get_config()
+  cfg_config, small_config = ddpmpp_vp_cfg.get_config(), ddpmpp_vp_small.get_shared_config()
   if args.quick:
     print("--quick: untrained tiny models, not the work directories (a smoke test; the numbers mean nothing)")
     args.n, args.cfg_workdir, args.classifier_workdir = 20, None, None

@@ -163,8 +163,9 @@ def test_bad_step_control_is_rejected():
 def test_config_bpd_step_control_is_read_and_validated():
   from configs.digits import ddpmpp_vp_small
   from score_sde.experiment import builders
-  config = ddpmpp_vp_small.get_config()
-  assert builders.get_eval_options(config).bpd_step_control == "per_sample"
+  config = ddpmpp_vp_small.get_shared_config()
+  assert builders.get_eval_options(config).bpd_step_control == "per_sample"  # the default
+  assert builders.get_eval_options(ddpmpp_vp_small.get_config()).bpd_step_control == "batch"
   config.eval.bpd_step_control = "batch"
   assert builders.get_eval_options(config).bpd_step_control == "batch"
   config.eval.bpd_step_control = "global"

@@ -23,7 +23,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.autoencoder.update(
       ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=2, embed_dim=2,
       num_groups=8, rec_loss="l1", kl_weight=1e-6, disc_start=-1, disc_ndf=32, disc_layers=1,

@@ -14,7 +14,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   c = config.cascade
   c.base_config = "configs/digits/ddpmpp_vp_8.py"
   c.base_workdir = "runs/digits_8"

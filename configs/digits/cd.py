@@ -19,7 +19,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config():
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.training.loss = "consistency_distillation"
   config.training.n_iters = 2500
   c = config.consistency

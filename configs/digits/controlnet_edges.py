@@ -21,7 +21,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   controlnet = config.controlnet
   controlnet.control_type = "sobel_edges"
   controlnet.base_workdir = "runs/digits"

@@ -13,7 +13,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.data.image_size = 8
   config.model.ch_mult = (1, 2)
   config.model.attn_resolutions = (4,)

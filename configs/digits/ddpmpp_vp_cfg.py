@@ -16,7 +16,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config():
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.model.num_classes = 10
   config.training.class_dropout = 0.1
   config.sampling.guidance = "cfg"

@@ -21,7 +21,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   model = default_cifar10_configs.get_default_configs().model  # no U-Net fields
   model.update(architectures.dit("S", 2, ema_rate=0.999, learn_sigma=False))
   model.update(hidden_size=64, depth=4, num_heads=4, num_scales=500)

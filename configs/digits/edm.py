@@ -14,6 +14,6 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config():
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.training.loss = "edm"
   return config

@@ -12,7 +12,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config():
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.training.loss = "improved_consistency_training"
   config.training.n_iters = 3000
   config.training.snapshot_freq = 3000

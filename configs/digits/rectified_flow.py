@@ -12,7 +12,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config():
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.training.sde = "rectified_flow"
   config.training.loss = "flow_matching"
   config.sampling.method = "flow"

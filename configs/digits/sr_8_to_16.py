@@ -17,7 +17,7 @@ from configs.digits import ddpmpp_vp_small
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ddpmpp_vp_small.get_config()
+  config = ddpmpp_vp_small.get_shared_config()
   config.super_resolution.factor = 2
   config.super_resolution.aug_max = 0.3
   config.super_resolution.sample_aug_level = 0.05

@@ -6,12 +6,12 @@ import os
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _digits_config(name):
+def _digits_config(name, getter="get_config"):
   spec = importlib.util.spec_from_file_location(
       "digits_config", os.path.join(_ROOT, "configs", "digits", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return getattr(module, getter)()
 
 
 def _tiny_schedule(config):
@@ -29,7 +29,8 @@ def _tiny_schedule(config):
 
 
 def tiny_config():
-  config = _digits_config("ddpmpp_vp_small")
+  # The shared base (PC Euler-Maruyama sampler, per-sample bits/dim), as the other digits configs.
+  config = _digits_config("ddpmpp_vp_small", "get_shared_config")
   config.model.nf = 8
   config.model.ch_mult = (1,)
   config.model.resblock_type = "ddpm"
