@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
     "bench_device.py": [],
     "bench_models.py": [],
+    "bench_reference.py": [],  # --quick: our side only (no torch in CI)
     "bench_samplers.py": [],
     "bench_train_step.py": [],
     "cascade_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
@@ -21,6 +22,7 @@ SCRIPTS = {
     "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
     "few_step_study.py": ["--figure", "{tmp}/few_step.png", "--doc", "{tmp}/few_step.md"],
     "likelihood_nfe.py": [],
+    "regression_guard.py": [],
     "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
     "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
     "train_parity.py": [],  # --quick: our side only (no torch in CI), a temporary workdir

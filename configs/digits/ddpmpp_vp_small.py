@@ -3,8 +3,9 @@
   python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
   python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode eval
 
-Runs offline (the digits ship with scikit-learn). Expected: 2500 steps in about 10 minutes on
-2 CPU cores (0.17-0.3 s/step), a grid of recognisable digits in runs/digits/samples/iter_2500.png,
+Runs offline (the digits ship with scikit-learn). Expected on 2 idle CPU cores: 2500 steps in about
+5 minutes (85-105 ms/step), the eval in about 4, a grid of recognisable digits in
+runs/digits/samples/iter_2500.png,
 and the test loss, dequantized bits/dim and Frechet Digits Distance in
 runs/digits/eval/report_2500.json (figures in the README).
 
