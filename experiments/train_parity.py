@@ -250,6 +250,9 @@ def main():
   parser.add_argument("--eval_images", type=int, default=51, help="first N of the 297 test digits")
   parser.add_argument("--tol", type=float, default=1e-5, help="likelihood rtol = atol")
   parser.add_argument("--seed", type=int, default=0, help="key of dequantization and probes")
+  parser.add_argument("--train_seeds", default="0",
+                      help="comma-separated config.seed values: each side trains once per seed "
+                           "(initialisation, data order, noise)")
   parser.add_argument("--workdir", default=None,
                       help="where both runs go and stay (default: a temporary folder, deleted)")
   parser.add_argument("--write", action="store_true", help="put the table in docs/train_parity.md")
@@ -268,21 +271,27 @@ def main():
 
 
 def run(args, config, workdir: str) -> None:
-  """Trains both sides into ``workdir``, prints the table and, with --write, puts it in the doc."""
+  """Trains both sides into ``workdir`` once per training seed, prints the table and, with
+  --write, puts it in the doc."""
   test = datasets.digits_split("test", config.data.image_size)[0][:args.eval_images]
   test = test.astype(np.float32) / 255.0
 
   loads = [load_line("at start")]
-  walls, params, info = {}, {}, {}
-  if args.reference:
-    walls["reference"], info, params["reference"] = train_reference(
-        args, config, os.path.join(workdir, "reference"))
-    loads.append(load_line("after the reference's training"))
-  else:
-    print("reference: skipped (no --reference)", flush=True)
-  walls["ours"], params["ours"] = train_ours(config, os.path.join(workdir, "ours"))
-  loads.append(load_line("after our training"))
-  bpds = {name: bits_per_dim(config, p, test, args.tol, args.seed) for name, p in params.items()}
+  walls, bpds, info = {}, {}, {}
+  seeds = [int(s) for s in args.train_seeds.split(",")]
+  for seed in seeds:
+    config.seed = seed
+    params = {}
+    if args.reference:
+      walls["reference", seed], info, params["reference"] = train_reference(
+          args, config, os.path.join(workdir, f"reference_seed{seed}"))
+      loads.append(load_line(f"after the reference's training, seed {seed}"))
+    else:
+      print("reference: skipped (no --reference)", flush=True)
+    walls["ours", seed], params["ours"] = train_ours(config, os.path.join(workdir, f"ours_seed{seed}"))
+    loads.append(load_line(f"after our training, seed {seed}"))
+    for name, p in params.items():
+      bpds[name, seed] = bits_per_dim(config, p, test, args.tol, args.seed)
 
   m = config.model
   lines = [
@@ -290,20 +299,28 @@ def run(args, config, workdir: str) -> None:
       f"attention at {tuple(m.attn_resolutions)}, FIR, BigGAN blocks, residual input skips, "
       f"dropout {m.dropout}; digits 8x8 uniformly dequantized, batch {config.training.batch_size}, "
       f"lr {config.optim.lr}, warm-up {config.optim.warmup}, grad clip {config.optim.grad_clip}, "
-      f"EMA {m.ema_rate} with warm-up, {args.steps} steps. Test bits/dim of the EMA weights on "
+      f"EMA {m.ema_rate} with warm-up, {args.steps} steps, training seeds {seeds}. Test "
+      f"bits/dim of the EMA weights on "
       f"{len(test)} held-out digits by this codebase's likelihood (Dopri5, tol {args.tol}), the "
       f"same dequantization noise and probes for both; mean ± standard error."
       + (f" Reference: score_sde_pytorch {info['commit']}, torch {info['torch']}, "
          f"{info['threads']} threads." if info else ""),
       *[f"- {line}" for line in loads],
       "",
-      "| codebase | training wall s | test bits/dim |",
-      "|---|---|---|"]
-  for name in bpds:
-    lines.append(f"| {name} | {walls[name]:.1f} | {mean_se(bpds[name])} |")
-  if "reference" in bpds:
-    lines += ["", f"Paired difference, reference - ours: {mean_se(bpds['reference'] - bpds['ours'])}"
-              f" bits/dim; wall time ours / reference: {walls['ours'] / walls['reference']:.2f}."]
+      "| codebase | training seed | training wall s | test bits/dim |",
+      "|---|---|---|---|"]
+  for name, seed in bpds:
+    lines.append(f"| {name} | {seed} | {walls[name, seed]:.1f} | {mean_se(bpds[name, seed])} |")
+  if args.reference:
+    diffs = np.array([np.mean(bpds["reference", s] - bpds["ours", s]) for s in seeds])
+    ratios = [walls["ours", s] / walls["reference", s] for s in seeds]
+    lines.append("")
+    lines += [f"- seed {s}: paired difference, reference - ours, "
+              f"{mean_se(bpds['reference', s] - bpds['ours', s])} bits/dim; wall time ours / "
+              f"reference {r:.2f}" for s, r in zip(seeds, ratios)]
+    lines.append(f"- over the {len(seeds)} training seed(s): mean difference, reference - ours "
+                 f"(± standard error across seeds) {mean_se(diffs)} bits/dim; wall time ours / "
+                 f"reference {np.mean(ratios):.2f}")
   table = "\n".join(lines)
   print(table)
   if args.write:
