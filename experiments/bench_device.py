@@ -24,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_sde.experiment import builders, training
 from score_sde.samplers import likelihood
@@ -32,7 +31,8 @@ from score_sde.samplers import likelihood
 TINY = dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
 
 
-def _median(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+  """Median seconds of ``repeats`` runs of ``fn`` after a warm-up (compiling) run."""
   jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
@@ -46,7 +46,7 @@ def matmul_peak(n: int, dtype, repeats: int) -> float:
   """FLOP/s of an n x n x n matmul in ``dtype`` (2 n³ FLOP), the measured peak of the device."""
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda x: x @ x)
-  return 2 * n**3 / _median(lambda: f(a), repeats)
+  return 2 * n**3 / median_seconds(lambda: f(a), repeats)
 
 
 def load(config_file: str, quick: bool, tiny: bool, compute_dtype: str, remat: bool):
@@ -74,7 +74,7 @@ def train_step_figures(config, batch_size: int, repeats: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  seconds = _median(lambda: compiled(state, batch, exp.train_key)[1]["loss"], repeats)
+  seconds = median_seconds(lambda: compiled(state, batch, exp.train_key)[1]["loss"], repeats)
   return {"batch_size": batch_size, "ms_per_step": 1e3 * seconds, "gflop_per_step": flops / 1e9,
           "achieved_tflops": flops / seconds / 1e12}
 
@@ -84,7 +84,7 @@ def sampler_figures(config, batch_size: int, repeats: int) -> dict:
   config.model.num_scales = min(config.model.num_scales, 100)
   exp = builders.build_experiment(config)
   params = exp.init_state().ema_params
-  seconds = _median(lambda: exp.sampler(exp.sample_key, params, batch_size)[0], repeats)
+  seconds = median_seconds(lambda: exp.sampler(exp.sample_key, params, batch_size)[0], repeats)
   return {"batch_size": batch_size, "steps": config.model.num_scales, "seconds": seconds,
           "samples_per_s": batch_size / seconds}
 

@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +43,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench_samplers import overhead  # noqa: E402  (experiments/ is sys.path[0])
-from train_parity import OP_INIT, reference_spec  # noqa: E402
+from bench_device import matmul_peak, median_seconds  # noqa: E402  (experiments/ is sys.path[0])
+from bench_samplers import overhead  # noqa: E402
+from train_parity import OP_INIT, load_line, reference_spec  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from score_sde.diffusion import parametrization  # noqa: E402
 from score_sde.diffusion import sde as sde_lib  # noqa: E402
@@ -160,30 +159,6 @@ def tiny_config(nf: int = 32, image_size: int = 32):
   return config
 
 
-def load_line(label: str) -> str:
-  one, five, fifteen = os.getloadavg()
-  line = f"load average {label}: {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
-  print(line, flush=True)
-  return line
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def gemm_peak_flops(n: int, repeats: int) -> float:
-  """FLOP/s of one float32 n x n matmul (2 n^3 FLOP), median of ``repeats``."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-  matmul = jax.jit(lambda u, v: u @ v)
-  return 2 * n**3 / median_seconds(lambda: matmul(a, a), repeats)
-
-
 def run_reference(args, config, work: str, batches, tol: float, images: np.ndarray) -> dict:
   """The driver's measurements, plus ``params``: its initial weights in this codebase's tree."""
   os.makedirs(os.path.join(work, "op"))
@@ -247,7 +222,8 @@ def digits_likelihood(config_path: str, workdir: str, num_images: int,
     x = jnp.asarray(next(iter(it))["image"])[:num_images]
   key_deq, key_probe = jax.random.split(jax.random.PRNGKey(0))
   u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:]))(common.sample_keys(key_deq, len(x)))
-  y = 2.0 * (255.0 * x + u) / 256.0 - 1.0
+  data = (255.0 * x + u) / 256.0  # uniform dequantization
+  y = 2.0 * data - 1.0 if exp.data.centered else data
   rows = []
   for control in likelihood.STEP_CONTROLS:
     _, _, nfe = likelihood.log_likelihood(key_probe, model, exp.sde, y, rtol=tol, atol=tol,
@@ -294,7 +270,7 @@ def main():
     print("no --reference: this codebase only", flush=True)
     params = builders.build_experiment(config).init_state().params
 
-  peak = gemm_peak_flops(256 if args.quick else 2048, args.repeats)
+  peak = matmul_peak(256 if args.quick else 2048, jnp.float32, args.repeats)
   steps_ = time_train_steps(config, batches, args.repeats)
   exp = builders.build_experiment(config)
   sde = sde_lib.VESDE(sigma_min=exp.sde.sigma_min, sigma_max=exp.sde.sigma_max, N=steps)

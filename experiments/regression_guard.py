@@ -29,7 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench_reference import OVERHEAD_RUNS, median_seconds, tiny_config  # noqa: E402
+from bench_device import median_seconds  # noqa: E402
+from bench_reference import OVERHEAD_RUNS, tiny_config  # noqa: E402
 from bench_samplers import overhead  # noqa: E402
 from configs.digits import ddpmpp_vp_8  # noqa: E402
 from score_sde.diffusion import parametrization  # noqa: E402
