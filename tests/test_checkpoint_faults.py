@@ -124,6 +124,21 @@ def test_no_usable_checkpoint_is_an_error_naming_the_folders(toy_run, tmp_path):
     checkpointing.TrainCheckpoints(str(workdir), read_only=True).restore_snapshot(4, _toy_target())
 
 
+def test_each_manager_saves_asynchronously_under_its_own_barrier_prefix(tmp_path):
+  """Both managers save the same step at a snapshot step; across processes their orbax barriers
+  must not share ids (issue 16: the multi-process async hang). The prefix is the directory's base
+  name, so it is the same on every host whatever the mount point."""
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path / "wd"))
+  prefixes = {m._multiprocessing_options.barrier_sync_key_prefix  # pylint: disable=protected-access
+              for m in (ckpts.snapshots, ckpts.preemption)}
+  assert prefixes == {"score_sde_checkpoints", "score_sde_checkpoints-meta"}
+  assert ckpts.snapshots._options.enable_async_checkpointing  # pylint: disable=protected-access
+  assert ckpts.preemption._options.enable_async_checkpointing  # pylint: disable=protected-access
+  assert checkpointing.barrier_prefix("/mnt/a/run/checkpoints/") == \
+      checkpointing.barrier_prefix("/other/mount/run/checkpoints")
+  ckpts.close()
+
+
 def test_a_non_finite_state_is_never_saved(tmp_path):
   """A finite loss with a NaN in the state (no 'finite' metric): the save is refused."""
   ckpts = checkpointing.TrainCheckpoints(str(tmp_path))

@@ -3,7 +3,8 @@
 Two managers under the work directory, as in the reference layout:
 - ``checkpoints/``: periodic snapshots (every ``snapshot_freq`` steps), all kept, used by eval mode;
 - ``checkpoints-meta/``: the frequent preemption checkpoint, only the latest kept.
-Saving is asynchronous on a single process (synchronous across several); orbax writes to a temporary directory and renames it when complete, so a
+Saving is asynchronous (on one process and across several; each manager's barriers carry its own
+prefix, `barrier_prefix`); orbax writes to a temporary directory and renames it when complete, so a
 process killed mid-save leaves no checkpoint that could be restored half-written.
 
 Every saved state is checked and recorded first: a state with a non-finite leaf is never saved
@@ -50,15 +51,27 @@ def abstract_like(tree: Any) -> Any:
 STATE_ITEM, DATA_ITEM = "default", "data"  # orbax items of a step; "default" as in older steps
 
 
+def barrier_prefix(directory: str) -> str:
+  """The orbax barrier-key prefix of the manager of ``directory``: its base name, the same on
+  every host whatever the mount point."""
+  return "score_sde_" + os.path.basename(os.path.normpath(directory))
+
+
 def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False):
   # A writer names both items; a reader restores the state alone with plain `StandardRestore`
   # args (orbax's single-item mode), which reads steps with or without the data item.
-  # Asynchronous on one process. With several processes, orbax 0.12's async finalisation was seen
-  # to hang process 0 in wait_until_finished while the others shut down, so saves are synchronous.
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         cleanup_tmp_directories=not read_only,
-                                         enable_async_checkpointing=jax.process_count() == 1,
-                                         read_only=read_only)
+  # Saves are asynchronous. Each manager finalises its saves in its own thread, where orbax meets
+  # the other processes at barriers named without the manager's directory (e.g.
+  # "ThreadSaveMultiHostValueHolder:set_value_start", "async_write_complete.<step dir name>"). At
+  # a snapshot step both managers save the same step, so without a prefix per manager their two
+  # threads wait on the same barrier ids at once: the coordination service pairs them across
+  # processes arbitrarily and a run can hang in wait_until_finished. The prefix (the directory's
+  # base name, equal on every host) keeps each manager's barriers its own.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=True, read_only=read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=barrier_prefix(directory)))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=None if read_only else (STATE_ITEM, DATA_ITEM))
 

@@ -2,7 +2,7 @@
 
   python -m tests.helpers.train_worker OUT_NPZ WORKDIR N_ITERS [--coordinator HOST:PORT
       --num_processes P --process_id I] [--kill_at STEP --kill_when saving|saved]
-      [--sigterm_at STEP] [--dit]
+      [--sigterm_at STEP] [--dit] [--preemption_freq N] [--snapshot_freq N]
 
 Writes the final parameters and the logged per-step losses to OUT_NPZ (from process 0).
 With --kill_at, the process SIGKILLs itself at the save of STEP: right after the writes started
@@ -40,6 +40,7 @@ def main():
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
   parser.add_argument("--preemption_freq", type=int, default=2)
+  parser.add_argument("--snapshot_freq", type=int, default=None)
   parser.add_argument("--kill_at", type=int)
   parser.add_argument("--kill_when", choices=["saving", "saved"], default="saved")
   parser.add_argument("--sigterm_at", type=int)
@@ -54,6 +55,8 @@ def main():
   config = tiny_dit_config() if args.dit else tiny_config()
   config.training.n_iters = args.n_iters
   config.training.snapshot_freq_for_preemption = args.preemption_freq
+  if args.snapshot_freq is not None:
+    config.training.snapshot_freq = args.snapshot_freq
   try:
     state = train.train(config, args.workdir)
   except loop.Preempted as e:
