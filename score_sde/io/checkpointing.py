@@ -64,9 +64,10 @@ def _manager(directory: str, max_to_keep: Optional[int], read_only: bool = False
   # the other processes at barriers named without the manager's directory (e.g.
   # "ThreadSaveMultiHostValueHolder:set_value_start", "async_write_complete.<step dir name>"). At
   # a snapshot step both managers save the same step, so without a prefix per manager their two
-  # threads wait on the same barrier ids at once: the coordination service pairs them across
-  # processes arbitrarily and a run can hang in wait_until_finished. The prefix (the directory's
-  # base name, equal on every host) keeps each manager's barriers its own.
+  # threads wait on the same barrier ids at once: the coordination service refuses the second
+  # ("FAILED_PRECONDITION: Barrier ... is already ongoing"), that save times out and the other
+  # process hangs in wait_until_finished (reproduced: docs/reliability.md). The prefix (the
+  # directory's base name, equal on every host) keeps each manager's barriers its own.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=True, read_only=read_only,
