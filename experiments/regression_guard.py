@@ -80,7 +80,8 @@ def digits_nfe(steps: int, num_images: int, tol: float) -> dict:
     x = jnp.asarray(next(iter(it))["image"])
   out = {}
   for control in likelihood.STEP_CONTROLS:
-    _, nfe = likelihood.bits_per_dim(jax.random.PRNGKey(0), model, exp.sde, x, centered=True,
+    _, nfe = likelihood.bits_per_dim(jax.random.PRNGKey(0), model, exp.sde, x,
+                                     centered=exp.data.centered,
                                      dequantize=True, rtol=tol, atol=tol, step_control=control)
     out[control] = int(np.max(np.asarray(nfe)))
   return out

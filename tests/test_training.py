@@ -151,17 +151,9 @@ def test_two_process_async_saves_of_both_managers_at_every_step_finish(tmp_path)
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _worker_cmd(tmp_path / f"out{i}.npz", tmp_path / "wd2", 4, "--coordinator",
-                  f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)),
-      env=_env(2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-4000:]
+  multi = _two_processes(tmp_path, tmp_path / "wd2", 4, timeout=600)
   _run(_worker_cmd(tmp_path / "single.npz", tmp_path / "wd1", 4), _env(4))
-  multi, single = np.load(tmp_path / "out0.npz"), np.load(tmp_path / "single.npz")
+  single = np.load(tmp_path / "single.npz")
   assert int(multi["n_devices"]) == 4 and int(single["n_devices"]) == 4
   np.testing.assert_allclose(multi["losses"], single["losses"], rtol=1e-5)
   _assert_same_params(multi, single, rtol=1e-4, atol=1e-6)
