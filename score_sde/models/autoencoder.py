@@ -21,12 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_sde.models.conv import Conv
+
 _EPS = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamps the log-variance
 
 
 def _conv(features: int, kernel: int, name: str, stride: int = 1, padding="SAME"):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, name=name)
+  return Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, name=name)
 
 
 class ResnetBlock(nn.Module):

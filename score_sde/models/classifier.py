@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.models.conv import Conv
+
 CIFAR10_MEAN = (0.49139968, 0.48215841, 0.44653091)
 CIFAR10_STD = (0.24703223, 0.24348513, 0.26158784)
 
@@ -77,12 +79,12 @@ class WideResnetBlock(nn.Module):
       h = x
     else:
       h = _norm_relu(x, 'init_bn')
-    h = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding='SAME',
-                use_bias=False, kernel_init=_conv_init, name='conv1')(h)
+    h = Conv(self.channels, (3, 3), (self.stride, self.stride), padding='SAME',
+             use_bias=False, kernel_init=_conv_init, name='conv1')(h)
     h = h + nn.Dense(self.channels, name='Dense_0')(nn.swish(emb))[:, None, None, :]
     h = _norm_relu(h, 'bn_2')
-    h = nn.Conv(self.channels, (3, 3), padding='SAME', use_bias=False,
-                kernel_init=_conv_init, name='conv2')(h)
+    h = Conv(self.channels, (3, 3), padding='SAME', use_bias=False,
+             kernel_init=_conv_init, name='conv2')(h)
     if x.shape[-1] != self.channels:
       s = x.shape[2] // h.shape[2]
       x = nn.avg_pool(x, (s, s), (s, s))
@@ -139,8 +141,8 @@ class NoiseConditionalWideResNet(nn.Module):
     emb = nn.Dense(4 * self.embedding_size, name='Dense_0')(emb)
     emb = nn.Dense(4 * self.embedding_size, name='Dense_1')(nn.swish(emb))  # [B, 512]
 
-    h = nn.Conv(16, (3, 3), padding='SAME', use_bias=False, kernel_init=_conv_init,
-                name='init_conv')(x)
+    h = Conv(16, (3, 3), padding='SAME', use_bias=False, kernel_init=_conv_init,
+             name='init_conv')(x)
     for g, (width, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
       h = WideResnetGroup(blocks, width * self.widen_factor, stride,
                           activate_before_residual=g == 0,

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_sde.models.conv import Conv
+
 BACKBONES = ("ncsnpp", "ddpm", "dit")  # backbones with `control` and `control_copy`
 
 _zeros = nn.initializers.zeros
@@ -39,11 +41,11 @@ class HintEncoder(nn.Module):
     h, s = hint, self.stride
     for i, ch in enumerate(self.channels):
       down = 2 if (s > 2 and s % 2 == 0 and i % 2 == 1) else 1
-      h = nn.silu(nn.Conv(ch, (3, 3), strides=down, name=f"conv_{i}")(h))
+      h = nn.silu(Conv(ch, (3, 3), strides=down, name=f"conv_{i}")(h))
       s //= down
     k = max(3, s)
-    return nn.Conv(self.out_channels, (k, k), strides=s, kernel_init=_zeros, bias_init=_zeros,
-                   name="zero_conv")(h)
+    return Conv(self.out_channels, (k, k), strides=s, kernel_init=_zeros, bias_init=_zeros,
+                name="zero_conv")(h)
 
 
 class ControlNet(nn.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.models import up_or_down_sampling as fir_ops
+from score_sde.models.conv import Conv, conv_general_dilated
 
 ACTIVATIONS = {
     "elu": nn.elu,
@@ -58,9 +59,9 @@ def conv(x, features: int, kernel_size: int = 3, stride: int = 1, init_scale: fl
          use_bias: bool = True):
   """DDPM-initialised square convolution with SAME padding, in x's dtype; call inside a compact
   method."""
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
-                 use_bias=use_bias, kernel_init=default_init(init_scale),
-                 bias_init=nn.initializers.zeros, dtype=x.dtype)(x)
+  return Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+              use_bias=use_bias, kernel_init=default_init(init_scale),
+              bias_init=nn.initializers.zeros, dtype=x.dtype)(x)
 
 
 def block_maker(remat: bool) -> Callable:
@@ -233,8 +234,8 @@ class Conv2d(nn.Module):
     elif self.down:
       x = fir_ops.conv_downsample_2d(x, w, k=self.resample_kernel)
     else:
-      x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x = conv_general_dilated(x, w, (1, 1), "SAME",
+                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       x = x + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
     return x

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.models.conv import Conv
+
 ACTIVATIONS = {
     'elu': nn.elu,
     'relu': nn.relu,
@@ -179,9 +181,9 @@ def _conv(x, features, kernel=3, dilation=1, use_bias=True):
   def uniform(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-  return nn.Conv(features, (kernel, kernel), padding='SAME',
-                 kernel_dilation=(dilation, dilation), use_bias=use_bias,
-                 kernel_init=uniform, bias_init=uniform)(x)
+  return Conv(features, (kernel, kernel), padding='SAME',
+              kernel_dilation=(dilation, dilation), use_bias=use_bias,
+              kernel_init=uniform, bias_init=uniform)(x)
 
 
 def _mean_pool2(x):

@@ -13,6 +13,8 @@ discriminator is only ever run while training the autoencoder, so no running ave
 import flax.linen as nn
 import jax.numpy as jnp
 
+from score_sde.models.conv import Conv
+
 _init = nn.initializers.normal(0.02)
 
 
@@ -42,8 +44,8 @@ class NLayerDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, s, bias, name: nn.Conv(f, (4, 4), strides=(s, s), padding=((1, 1), (1, 1)),
-                                            use_bias=bias, kernel_init=_init, name=name)
+    conv = lambda f, s, bias, name: Conv(f, (4, 4), strides=(s, s), padding=((1, 1), (1, 1)),
+                                         use_bias=bias, kernel_init=_init, name=name)
     h = nn.leaky_relu(conv(self.ndf, 2, True, "conv_0")(x), 0.2)
     for n in range(1, self.n_layers + 1):
       stride = 2 if n < self.n_layers else 1

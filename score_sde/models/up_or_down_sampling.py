@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde.models.conv import conv_general_dilated
+
 
 def setup_kernel(k, factor: int = 1, gain: float = 1.0) -> np.ndarray:
   """Normalised 1-D (separable) or 2-D FIR filter: unit sum times `gain * factor**2`."""
@@ -163,7 +165,7 @@ def _polyphase_transposed_conv(x, w, factor: int):
   w_sub = w_sub.reshape(span, span, c_in, c_out * factor * factor)
   h_in = x.shape[1]
   n_q = -(-((h_in - 1) * factor + ksize) // factor)
-  y = jax.lax.conv_general_dilated(
+  y = conv_general_dilated(
       x, w_sub, window_strides=(1, 1),
       padding=((lo, n_q + span - 1 - lo - h_in),) * 2,
       dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [B, Q, Q, C_out*f*f]
@@ -205,7 +207,7 @@ def conv_downsample_2d(x, w, k: Optional[Sequence[float]] = None, factor: int = 
   k = setup_kernel([1] * factor if k is None else k, 1, gain)
   p = (k.shape[0] - factor) + (w.shape[0] - 1)
   x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
-  return jax.lax.conv_general_dilated(
+  return conv_general_dilated(
       x, w.astype(x.dtype), window_strides=(factor, factor), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
