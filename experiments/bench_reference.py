@@ -184,11 +184,13 @@ def run_reference(args, config, work: str, batches, tol: float, images: np.ndarr
   return info
 
 
-def time_train_steps(config, batches, repeats: int) -> dict:
-  """{batch: (median seconds, FLOP)} of this codebase's jitted training step."""
+def time_train_steps(config, batches, repeats: int, chunks=None) -> dict:
+  """{batch: (median seconds, FLOP)} of this codebase's jitted training step; ``chunks`` gives
+  config.model.batch_chunk per batch (default: the whole batch)."""
   out = {}
-  for batch in batches:
+  for batch, chunk in zip(batches, chunks or [0] * len(batches)):
     config.training.batch_size = batch
+    config.model.batch_chunk = chunk
     exp = builders.build_experiment(config)
     step = training.make_train_step(exp.train_loss, exp.optimizer, exp.training.ema_rate,
                                     exp.training.ema_warmup)
@@ -204,6 +206,7 @@ def time_train_steps(config, batches, repeats: int) -> dict:
       return metrics
 
     out[batch] = (median_seconds(run, repeats), flops)
+  config.model.batch_chunk = 0
   return out
 
 
@@ -245,6 +248,9 @@ def main():
   parser.add_argument("--digits_images", type=int, default=33)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--sampler_repeats", type=int, default=3)
+  parser.add_argument("--train_batch_chunk", default="",
+                      help="also time our train steps with config.model.batch_chunk, one value per "
+                           "train batch (8, 64), comma-separated, e.g. 2,8")
   parser.add_argument("--write", action="store_true", help="write the table to docs/performance.md")
   parser.add_argument("--quick", action="store_true",
                       help="nf 8 at 8x8, batch 4, N = 5, tol 1e-3, 1 repeat (a smoke test)")
@@ -272,6 +278,10 @@ def main():
 
   peak = matmul_peak(256 if args.quick else 2048, jnp.float32, args.repeats)
   steps_ = time_train_steps(config, batches, args.repeats)
+  chunks = [int(c) for c in args.train_batch_chunk.split(",")] if args.train_batch_chunk else []
+  if chunks and len(chunks) != len(batches):
+    parser.error(f"--train_batch_chunk needs one value per train batch {batches}")
+  chunked = time_train_steps(config, batches, args.repeats, chunks) if chunks else {}
   exp = builders.build_experiment(config)
   sde = sde_lib.VESDE(sigma_min=exp.sde.sigma_min, sigma_max=exp.sde.sigma_max, N=steps)
   model = common.as_model(exp.unconditional_model(params))
@@ -319,6 +329,9 @@ def main():
   for batch, (seconds, flops) in steps_.items():
     lines.append(row(f"train step, batch {batch} (fwd+bwd+Adam+EMA)", seconds,
                      r.get(f"train_step_{batch}_s")))
+  for (batch, (seconds, flops)), chunk in zip(chunked.items(), chunks):
+    lines.append(row(f"train step, batch {batch}, config.model.batch_chunk = {chunk}", seconds,
+                     r.get(f"train_step_{batch}_s")))
   lines.append(row("score evaluation, batch 8", t_score, r.get("score_eval_s")))
   lines.append(row(f"PC sampler, N = {steps}, reverse diffusion + Langevin ({pc_nfe} NFE)",
                    pc_wall, r.get("pc_s"), unit="s", scale=1.0, fmt=".2f"))
@@ -332,8 +345,9 @@ def main():
       lines.append(f"| digits likelihood NFE, {args.digits_images} test images, tol {tol:g}, "
                    f"{label} vs {digits[-1][0]} | {nfe} | {ref_nfe} | {nfe / ref_nfe:.2f} |")
   lines += ["", "| train step | FLOP | GFLOP/s | share of the GEMM peak |", "|---|---|---|---|"]
-  for batch, (seconds, flops) in steps_.items():
-    lines.append(f"| batch {batch} | {flops / 1e9:.2f} G | {flops / seconds / 1e9:.1f} | "
+  for label, (seconds, flops) in [(f"batch {b}", v) for b, v in steps_.items()] + [
+      (f"batch {b}, batch_chunk {c}", v) for (b, v), c in zip(chunked.items(), chunks)]:
+    lines.append(f"| {label} | {flops / 1e9:.2f} G | {flops / seconds / 1e9:.1f} | "
                  f"{100 * flops / seconds / peak:.1f} % |")
   lines += ["", f"Sampler overhead, batch 8 (one score evaluation {1e3 * t_score:.1f} ms):", "",
             "| sampler | NFE | wall s | wall / (NFE x eval) |", "|---|---|---|---|"]

@@ -208,6 +208,16 @@ def compute_dtype(config):
   return jnp.dtype(name)
 
 
+def batch_chunk(config) -> int:
+  """``config.model.batch_chunk``: examples per network application (0: the whole batch); see
+  `training.linen_model_fn`."""
+  chunk = config.model.get("batch_chunk", 0)
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ValueError(f"config.model.batch_chunk must be an integer >= 0 (0: no chunking), got "
+                     f"{chunk!r}.")
+  return chunk
+
+
 def _check_remat(config) -> None:
   """``config.model.remat`` (jax.checkpoint per block) needs a network that has the option."""
   if config.model.get("remat", False):
@@ -852,7 +862,8 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
   module = get_model(config)
   k = num_classes(config)
   dtype = compute_dtype(config)
-  model_fn = training.linen_model_fn(module, dtype)
+  chunk = batch_chunk(config)
+  model_fn = training.linen_model_fn(module, dtype, chunk)
   optimizer = get_optimizer(config)
   root_key, _, train_key, eval_key, sample_key = root_keys(config)
   latent_space = get_latent_space(config)
@@ -862,7 +873,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
                  else (data.image_size, data.image_size, data.num_channels))
   if control is not None:
     module = _controlled_module(config, module, model_shape[0])
-    model_fn = training.linen_model_fn(module, dtype)
+    model_fn = training.linen_model_fn(module, dtype, chunk)
   classifier_module = get_classifier(config)
   classifier_fn = classifier_training.get_classifier_fn(classifier_module)
   guidance = get_guidance(config, guidance)

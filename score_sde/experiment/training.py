@@ -42,7 +42,7 @@ class ConsistencyTrainState(TrainState):
   target_params: Params
 
 
-def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32) -> Callable:
+def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32, batch_chunk: int = 0) -> Callable:
   """Adapts a linen module to ``model_fn(params, x, labels, train=, rng=, class_labels=None)``.
 
   ``class_labels`` int [B], ``low_res`` [B, h, w, C'] with ``aug_level`` [B] of a
@@ -54,10 +54,15 @@ def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32) -> Callable:
   input's dtype, casting the float32 parameters at use; the output is cast back to float32, so the
   loss is float32 and the gradients reach float32 parameters. Noise labels and ``aug_level`` stay
   float32: the networks embed them in float32 (sin/cos of arguments up to ~1e3).
+
+  ``batch_chunk`` (``config.model.batch_chunk``) > 0 applies the network to consecutive chunks of
+  that many examples and concatenates the outputs (the last chunk may be smaller): the same
+  function, since the networks have no cross-example operation, but smaller working sets and
+  independent branches for XLA:CPU's threads (docs/performance.md). Chunk i's dropout key is
+  ``fold_in(rng, i)``.
   """
 
-  def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None,
-               low_res=None, aug_level=None, hint=None, control_scale=1.0):
+  def apply(params, x, labels, train, rng, class_labels, low_res, aug_level, hint, control_scale):
     rngs = {"dropout": rng} if (train and rng is not None) else None
     extra = {} if class_labels is None else {"class_labels": class_labels}
     if low_res is not None:  # a super-resolution network (experiment/super_resolution.py)
@@ -67,6 +72,20 @@ def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32) -> Callable:
     out = module.apply({"params": params}, x.astype(compute_dtype), labels, train=train, rngs=rngs,
                        **extra)
     return out.astype(jnp.float32)
+
+  def model_fn(params, x, labels, *, train: bool = False, rng=None, class_labels=None,
+               low_res=None, aug_level=None, hint=None, control_scale=1.0):
+    n = x.shape[0]
+    if not batch_chunk or n <= batch_chunk:
+      return apply(params, x, labels, train, rng, class_labels, low_res, aug_level, hint,
+                   control_scale)
+    per_example = lambda a, i: (a[i:i + batch_chunk] if a is not None and jnp.ndim(a)
+                                and a.shape[0] == n else a)
+    return jnp.concatenate([
+        apply(params, x[i:i + batch_chunk], per_example(labels, i), train,
+              None if rng is None else jax.random.fold_in(rng, i // batch_chunk),
+              *(per_example(a, i) for a in (class_labels, low_res, aug_level, hint, control_scale)))
+        for i in range(0, n, batch_chunk)])
 
   return model_fn
 
