@@ -58,8 +58,8 @@ def linen_model_fn(module: nn.Module, compute_dtype=jnp.float32, batch_chunk: in
   ``batch_chunk`` (``config.model.batch_chunk``) > 0 applies the network to consecutive chunks of
   that many examples and concatenates the outputs (the last chunk may be smaller): the same
   function, since the networks have no cross-example operation, but smaller working sets and
-  independent branches for XLA:CPU's threads (docs/performance.md). Chunk i's dropout key is
-  ``fold_in(rng, i)``.
+  independent branches for XLA:CPU's threads (docs/performance.md, "Batch chunks"). Chunk i's
+  dropout key is ``fold_in(rng, i)``.
   """
 
   def apply(params, x, labels, train, rng, class_labels, low_res, aug_level, hint, control_scale):

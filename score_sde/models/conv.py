@@ -4,10 +4,10 @@ XLA:CPU computes a convolution's weight gradient, dL/dW = sum over (n, h, w) of 
 times output gradients, as one convolution that reduces over the whole batch; at batch 64 it runs
 at a third of the forward convolution's rate (31 vs 90-140 GFLOP/s for 3x3 convolutions at 16-64
 channels on the 2-core dev machine), while the same reduction over 8 examples at a time, summed,
-runs 2-3x faster (docs/performance.md, "Train step"). ``conv_general_dilated`` is
-``lax.conv_general_dilated`` with a JVP rule that writes the weight's tangent term as one
-convolution per chunk of ``CHUNK`` examples, so reverse mode (the transpose of that term) sums
-per-chunk weight gradients. The value, the input's gradient and forward-mode derivatives
+runs 2-3x faster (docs/performance.md, "The backward convolution at batch 64").
+``conv_general_dilated`` is ``lax.conv_general_dilated`` with a JVP rule that writes the weight's
+tangent term as one convolution per chunk of ``CHUNK`` examples, so reverse mode (the transpose of
+that term) sums per-chunk weight gradients. The value, the input's gradient and forward-mode derivatives
 (likelihood divergence probes) are those of ``lax.conv_general_dilated``; only the order of the
 weight gradient's float32 sum changes.
 
