@@ -260,6 +260,9 @@ def main():
   batches, tol, steps = ((4,), 1e-3, 5) if args.quick else ((8, 64), 1e-5, 50)
   if args.quick:
     args.repeats, args.sampler_repeats = 1, 1
+  chunks = [int(c) for c in args.train_batch_chunk.split(",")] if args.train_batch_chunk else []
+  if chunks and len(chunks) != len(batches):
+    parser.error(f"--train_batch_chunk needs one value per train batch {batches}")
   config = tiny_config(8, 8) if args.quick else tiny_config()
   size = config.data.image_size
   images = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
@@ -278,9 +281,6 @@ def main():
 
   peak = matmul_peak(256 if args.quick else 2048, jnp.float32, args.repeats)
   steps_ = time_train_steps(config, batches, args.repeats)
-  chunks = [int(c) for c in args.train_batch_chunk.split(",")] if args.train_batch_chunk else []
-  if chunks and len(chunks) != len(batches):
-    parser.error(f"--train_batch_chunk needs one value per train batch {batches}")
   chunked = time_train_steps(config, batches, args.repeats, chunks) if chunks else {}
   exp = builders.build_experiment(config)
   sde = sde_lib.VESDE(sigma_min=exp.sde.sigma_min, sigma_max=exp.sde.sigma_max, N=steps)
