@@ -7,13 +7,13 @@ channels on the 2-core dev machine), while the same reduction over 8 examples at
 runs 2-3x faster (docs/performance.md, "The backward convolution at batch 64").
 ``conv_general_dilated`` is ``lax.conv_general_dilated`` with a JVP rule that writes the weight's
 tangent term as one convolution per chunk of ``CHUNK`` examples, so reverse mode (the transpose of
-that term) sums per-chunk weight gradients. The value, the input's gradient and forward-mode derivatives
-(likelihood divergence probes) are those of ``lax.conv_general_dilated``; only the order of the
-weight gradient's float32 sum changes.
+that term) sums per-chunk weight gradients. The value, the input's gradient and forward-mode
+derivatives (likelihood divergence probes) are those of ``lax.conv_general_dilated``; only the
+order of the weight gradient's float32 sum changes.
 
 Chunking applies only where it was measured to help: the CPU backend with one device in the
-process. With several devices the batch is sharded and each device's share is already small;
-on GPU/TPU the library kernels handle large batches.
+process, from 16 examples up. A batch sharded over several devices is left to XLA (slicing it into
+chunks would move data between devices), and GPU/TPU were not measured.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-CHUNK = 8  # examples per weight-gradient chunk; 8 was the fastest of 4, 8, 16, 32 at batch 32-64
+CHUNK = 8  # examples per weight-gradient chunk: of 4, 8, 16 and 32, the fastest in most shapes tried
 
 
 def _chunked(batch: int) -> bool:
@@ -68,10 +68,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                  dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                  batch_group_count=batch_group_count, precision=precision,
                  preferred_element_type=preferred_element_type)
-  if batch_group_count != 1:
-    return lax.conv_general_dilated(lhs, rhs, **options)
-  lhs_spec = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec
-  if not _chunked(lhs.shape[lhs_spec[0]]):
+  batch_axis = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers).lhs_spec[0]
+  if batch_group_count != 1 or not _chunked(lhs.shape[batch_axis]):
     return lax.conv_general_dilated(lhs, rhs, **options)
   return _conv(lhs, rhs, tuple(options.items()))
 
