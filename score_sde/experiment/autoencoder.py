@@ -269,8 +269,8 @@ def train_autoencoder(config, workdir: str):
     perceptual_fn = functools.partial(lpips.lpips_distance, weights.params)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 11)
   init_key, train_key, eval_key = jax.random.split(key, 3)
-  init = jax.jit(lambda k: init_state(k, opts.spec, optimizer, opts.logvar_init),
-                 out_shardings=replicated)
+  init = distributed.jit_initializer(
+      lambda k: init_state(k, opts.spec, optimizer, opts.logvar_init), mesh)
   step = jax.jit(make_train_step(opts.spec, opts, optimizer, perceptual_fn),
                  in_shardings=(replicated, distributed.batch_sharding(mesh, 0), replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)

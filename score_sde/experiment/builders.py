@@ -648,10 +648,10 @@ def get_state_init(config, module=None, optimizer=None,
   sr = get_super_resolution(config)
   control = get_controlnet(config)
   control_shape = (d.image_size, d.image_size, control.channels) if control else None
-  init = jax.jit(lambda key: training.init_train_state(key, module, optimizer, shape,
-                                                       num_classes(config), with_target,
-                                                       sr.factor if sr else 1, control_shape),
-                 out_shardings=distributed.replicated(distributed.data_mesh()))
+  init = distributed.jit_initializer(
+      lambda key: training.init_train_state(key, module, optimizer, shape, num_classes(config),
+                                            with_target, sr.factor if sr else 1, control_shape),
+      distributed.data_mesh())
   return functools.partial(init, root_keys(config)[1])
 
 

@@ -238,8 +238,8 @@ def _classifier_trainer(exp: Experiment, out_dir: str) -> loop.Trainer:
   c = exp.classifier
   optimizer = c.optimizer()
   classifier_key, eval_key = jax.random.split(jax.random.fold_in(exp.root_key, 7))
-  init = jax.jit(lambda key: classifier_training.init_classifier_state(
-      key, exp.classifier_module, optimizer, (1, *exp.image_shape)), out_shardings=exp.replicated)
+  init = distributed.jit_initializer(lambda key: classifier_training.init_classifier_state(
+      key, exp.classifier_module, optimizer, (1, *exp.image_shape)), exp.mesh)
   loss_fn = classifier_training.noisy_classifier_loss_fn(exp.sde, exp.classifier_fn,
                                                          exp.sde.default_eps)
   eval_loss_fn = jax.jit(functools.partial(classifier_training.noisy_classifier_loss_at, exp.sde,
