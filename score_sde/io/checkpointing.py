@@ -159,25 +159,26 @@ def _is_float(x) -> bool:
 
 
 @jax.jit
-def _fingerprint(tree):
-  """(all floating leaves finite, [uint32 checksum per leaf]): one fused pass on the devices, the
-  same on every process (the reductions are global)."""
-  leaves = jax.tree.leaves(tree)
-  finite = [jnp.all(jnp.isfinite(x)) for x in leaves if _is_float(x)]
-  return (jnp.all(jnp.stack(finite)) if finite else jnp.asarray(True),
-          [_leaf_checksum(x) for x in leaves])
+def _leaf_fingerprint(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(``x`` finite (True if not floating), uint32 checksum of its bits), on the devices, the same
+  on every process (the reductions are global). Compiled once per leaf shape and dtype: a state's
+  hundreds of leaves have a few dozen (one jit over the whole tree compiled in 7 s for the digits
+  DDPM++'s state, against 2.5 s for its 27 shapes, and ran no faster)."""
+  finite = jnp.all(jnp.isfinite(x)) if _is_float(x) else jnp.asarray(True)
+  return finite, _leaf_checksum(x)
 
 
 def all_finite(tree: Any) -> bool:
   """Whether every floating leaf of ``tree`` is finite (NaN and infinities are not)."""
-  return bool(_fingerprint(tree)[0])
+  return fingerprint(tree)[0]
 
 
 def fingerprint(tree: Any) -> tuple[bool, dict]:
   """(all floating leaves finite, {leaf path: uint32 checksum of its bits})."""
-  finite, sums = jax.device_get(_fingerprint(tree))
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  return bool(finite), {p: int(c) for p, c in zip(paths, sums)}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  prints = jax.device_get([_leaf_fingerprint(x) for _, x in leaves])
+  return (all(bool(finite) for finite, _ in prints),
+          {jax.tree_util.keystr(p): int(c) for (p, _), (_, c) in zip(leaves, prints)})
 
 
 def _atomic_write_json(path: str, record: dict) -> None:
