@@ -37,7 +37,8 @@ from score_sde.metrics import digits_classifier as dc  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE, SR, DIRECT = ("configs/digits/ddpmpp_vp_8.py", "configs/digits/sr_8_to_16.py",
                     "configs/digits/ddpmpp_vp_small.py")
-QUICK = {"model.nf": 8, "model.num_scales": 10, "training.batch_size": 8,
+QUICK = {"model.nf": 8, "model.ch_mult": (1,), "model.attn_resolutions": (), "model.num_scales": 10,
+         "training.batch_size": 8,
          "training.snapshot_sampling": False, "training.snapshot_freq_for_preemption": 0}
 
 

@@ -36,7 +36,8 @@ from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE, CONTROL = "configs/digits/ddpmpp_vp_small.py", "configs/digits/controlnet_edges.py"
-QUICK = {"model.nf": 8, "training.batch_size": 8, "training.snapshot_freq_for_preemption": 0}
+QUICK = {"model.nf": 8, "model.ch_mult": (1,), "model.attn_resolutions": (),
+         "training.batch_size": 8, "training.snapshot_freq_for_preemption": 0}
 
 
 def _flags(overrides: dict) -> list[str]:

@@ -44,6 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AE_CONFIG, LATENT_CONFIG = "configs/digits/autoencoder.py", "configs/digits/latent_dit.py"
 TIMED = {"DDPM++ (main job)": "configs/digits/ddpmpp_vp_small.py", "DiT": "configs/digits/dit.py",
          "latent DiT (incl. encoding)": LATENT_CONFIG}
+QUICK_TIMED = {"DDPM++ (main job)": {"model.nf": 8, "model.ch_mult": (1,),
+                                     "model.attn_resolutions": ()},
+               "DiT": {"model.hidden_size": 16, "model.depth": 1, "model.num_heads": 2}}
 QUICK_AE = {"autoencoder.ch": 8, "autoencoder.num_groups": 4, "autoencoder.n_iters": 20,
             "autoencoder.batch_size": 16, "autoencoder.snapshot_freq": 20,
             "autoencoder.eval_freq": 20, "autoencoder.scale_num_images": 64}
@@ -91,8 +94,8 @@ def time_train_steps(runs_dir: str, steps: int, rounds: int, quick: bool) -> lis
   _, latent = run_overrides(runs_dir, quick)
   steppers = {}
   for name, config_file in TIMED.items():
-    config = load_config(config_file, latent if config_file == LATENT_CONFIG else {})
-    exp = builders.build_experiment(config)
+    fields = latent if config_file == LATENT_CONFIG else QUICK_TIMED[name] if quick else {}
+    exp = builders.build_experiment(load_config(config_file, fields))
     o = exp.training
     step = jax.jit(training.make_train_step(exp.train_loss, exp.optimizer, o.ema_rate,
                                             o.ema_warmup), donate_argnums=0)

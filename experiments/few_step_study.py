@@ -124,12 +124,17 @@ def load_config(config_file: str, overrides: dict):
 
 
 def measure(runs_dir: str, num_samples: int, seeds: int, quick: bool) -> list[dict]:
-  """FDD (mean, half-range over seeds) and NFE of every setting."""
+  """FDD (mean, half-range over seeds) and NFE of every setting (with --quick, of the first
+  setting of each family)."""
+  first_of_family = {}
+  for setting in SETTINGS:
+    first_of_family.setdefault(setting[0], setting)
+  settings = list(first_of_family.values()) if quick else SETTINGS
   classifier = dc.train_digits_classifier(seed=0, image_size=16)
   _, (x_test, _) = dc.train_test_split(*dc.load_digits_images(16))
   reference = dc.digits_stats(x_test, classifier)
   rows, params_of = [], {}
-  for label, run, sampling in SETTINGS:
+  for label, run, sampling in settings:
     config_file, workdir, _ = RUNS[run]
     config = load_config(config_file, _run_overrides(run, runs_dir, quick))
     for field, value in sampling.items():

@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 from score_sde.experiment import builders, restore  # noqa: E402
 from score_sde.samplers import common, likelihood  # noqa: E402
 
+QUICK_MODEL = {"nf": 8, "ch_mult": (1,), "attn_resolutions": ()}  # --quick: a tiny network
 SOLVE_IVP_CALL = "integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=rtol, atol=atol, method=method)"
 
 
@@ -57,10 +58,11 @@ def check_reference(path: str) -> str:
     return "unknown commit"
 
 
-def train(config_path: str, workdir: str, steps: int) -> None:
+def train(config_path: str, workdir: str, steps: int, model_fields: dict) -> None:
   cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config_path}",
          f"--workdir={workdir}", "--mode=train", f"--config.training.n_iters={steps}",
-         f"--config.training.snapshot_freq={steps}", "--config.training.snapshot_sampling=False"]
+         f"--config.training.snapshot_freq={steps}", "--config.training.snapshot_sampling=False",
+         *(f"--config.model.{k}={v!r}" for k, v in model_fields.items())]
   print("training:", " ".join(cmd), flush=True)
   subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ROOT})
 
@@ -99,19 +101,22 @@ def main():
   parser.add_argument("--skip_scipy", action="store_true")
   parser.add_argument("--write", action="store_true", help="write the table to docs/performance.md")
   parser.add_argument("--quick", action="store_true",
-                      help="smoke test: 2 training steps into a temporary workdir, 2 images, tol 1e-3")
+                      help="smoke test: a tiny network (QUICK_MODEL) trained 2 steps into a temporary "
+                      "workdir, 2 images, tol 1e-3")
   args = parser.parse_args()
   if args.quick:
     import tempfile
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="likelihood_nfe_")
     args.train_steps, args.num_images, args.tol, args.solvers = 2, 2, 1e-3, "dopri5"
+  model_fields = QUICK_MODEL if args.quick else {}
   if not args.workdir:
     parser.error("--workdir is required (or --quick)")
 
   ref_commit = check_reference(args.reference) if args.reference else None
   if args.train_steps:
-    train(args.config, args.workdir, args.train_steps)
+    train(args.config, args.workdir, args.train_steps, model_fields)
   config = builders.load_config_file(args.config, "config")
+  config.model.update(model_fields)
   exp = builders.build_experiment(config)
   step, params = restore.latest_params(exp, args.workdir)
   model = common.as_model(exp.unconditional_model(params))
