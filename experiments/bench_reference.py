@@ -14,7 +14,9 @@ are converted (`score_sde.io.convert`) so that both sides solve the same likelih
 codebase times the same cases. Rows:
   - train step (forward, backward, Adam, EMA) at batch 8 and 64, with FLOP from XLA's cost
     analysis of the compiled step and the utilisation of this machine's float32 GEMM peak (a
-    2048^2 matmul, measured here);
+    2048^2 matmul, measured here); timed in --rounds rounds in which the reference's step (its
+    driver kept running) and ours alternate, since this machine's speed drifts by up to ±25 %
+    between runs an hour apart;
   - one score evaluation, batch 8;
   - the PC sampler, N = 50, reverse diffusion + Langevin (100 NFE), batch 8;
   - the likelihood of 2 images at rtol = atol = 1e-5 (NFE and seconds);
@@ -32,11 +34,13 @@ docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from statistics import median
 
 import jax
 import jax.numpy as jnp
@@ -127,10 +131,6 @@ t = config.training
 step_fn = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
                              reduce_mean=t.reduce_mean, continuous=t.continuous,
                              likelihood_weighting=t.likelihood_weighting)
-for batch in config.train_batches:
-  x = torch.rand(batch, channels, size, size)
-  out[f"train_step_{batch}_s"] = median_time(lambda: step_fn(state, x), repeats)
-model.load_state_dict(torch.load(f"{work}/init.pth"))  # the sampler and likelihood see the init
 model.eval()
 
 sde50 = sde_lib.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=config.pc_steps)
@@ -148,7 +148,13 @@ start = time.perf_counter()
 bpd, _, nfe = likelihood_fn(model, images)
 out["likelihood_s"], out["likelihood_nfe"] = time.perf_counter() - start, int(nfe)
 out["likelihood_bpd"] = [float(v) for v in bpd]
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+
+# Then train steps on request, interleaved with ours: a batch size per stdin line -> median seconds.
+model.train()
+for line in sys.stdin:
+  x = torch.rand(int(line), channels, size, size)
+  print(median_time(lambda: step_fn(state, x), repeats), flush=True)
 '''
 
 
@@ -161,8 +167,31 @@ def tiny_config(nf: int = 32, image_size: int = 32):
   return config
 
 
-def run_reference(args, config, work: str, batches, tol: float, images: np.ndarray) -> dict:
-  """The driver's measurements, plus ``params``: its initial weights in this codebase's tree."""
+class Reference:
+  """The reference's driver in a temporary folder: ``info`` holds its measurements and ``params``
+  (its initial weights in this codebase's tree); then ``train_step_seconds(batch)`` times its train
+  step on request, so that its steps and ours alternate within minutes."""
+
+  def __init__(self, args, config, batches, tol: float, images: np.ndarray):
+    self._work = tempfile.TemporaryDirectory(prefix="bench_reference_")
+    self.info, self._driver = start_reference(args, config, self._work.name, batches, tol, images)
+
+  def train_step_seconds(self, batch: int) -> float:
+    self._driver.stdin.write(f"{batch}\n")
+    self._driver.stdin.flush()
+    return float(self._driver.stdout.readline())
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._driver.stdin.close()
+    self._driver.wait()
+    self._work.cleanup()
+
+
+def start_reference(args, config, work: str, batches, tol: float, images: np.ndarray):
+  """(the driver's measurements plus ``params``, the running driver)."""
   os.makedirs(os.path.join(work, "op"))
   with open(os.path.join(work, "op", "__init__.py"), "w") as f:
     f.write(OP_INIT)
@@ -173,21 +202,25 @@ def run_reference(args, config, work: str, batches, tol: float, images: np.ndarr
   with open(os.path.join(work, "config.json"), "w") as f:
     json.dump(spec, f)
   np.save(os.path.join(work, "likelihood_images.npy"), images.transpose(0, 3, 1, 2))  # NCHW
-  run = subprocess.run([args.torch_python, os.path.join(work, "driver.py"), work,
-                        os.path.abspath(args.reference), str(args.repeats), str(int(args.quick))],
-                       stdout=subprocess.PIPE, text=True, check=True)
-  info = json.loads(run.stdout.strip().splitlines()[-1])
+  driver = subprocess.Popen([args.torch_python, os.path.join(work, "driver.py"), work,
+                             os.path.abspath(args.reference), str(args.repeats),
+                             str(int(args.quick))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  line = driver.stdout.readline()
+  if not line:
+    raise SystemExit(f"The reference's driver stopped (exit {driver.wait()}); see its error above.")
+  info = json.loads(line)
   commit = subprocess.run(["git", "-C", args.reference, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True)
   info["commit"] = commit.stdout.strip() if commit.returncode == 0 else "unknown commit"
   state_dict = torch_pickle.load_torch_file(os.path.join(work, "init.pth"))
   info["params"] = convert.from_pytorch_state_dict(
       {k: np.asarray(v) for k, v in state_dict.items()}, **builders.conversion_kwargs(config))
-  return info
+  return info, driver
 
 
-def time_train_steps(config, batches, repeats: int, chunks=None) -> dict:
-  """{batch: (median seconds, FLOP)} of this codebase's jitted training step; ``chunks`` gives
+def train_steppers(config, batches, chunks=None) -> dict:
+  """{batch: (run one step, FLOP)} of this codebase's compiled training step; ``chunks`` gives
   config.model.batch_chunk per batch (default: the whole batch)."""
   out = {}
   for batch, chunk in zip(batches, chunks or [0] * len(batches)):
@@ -207,9 +240,25 @@ def time_train_steps(config, batches, repeats: int, chunks=None) -> dict:
       carry["state"], metrics = compiled(carry["state"], images, exp.train_key)
       return metrics
 
-    out[batch] = (median_seconds(run, repeats), flops)
+    out[batch] = (run, flops)
   config.model.batch_chunk = 0
   return out
+
+
+def interleaved_train_steps(ref, ours: dict, chunked: dict, rounds: int, repeats: int) -> dict:
+  """{(batch, chunk or 0): [(ours s, reference s or None) per round]}: each round times, per
+  batch, the reference's step, then ours whole and in chunks (each a median of ``repeats``), so
+  that the ratios compare steps taken within a minute of each other."""
+  times = {}
+  for _ in range(rounds):
+    for batch, (run, _) in ours.items():
+      theirs = ref.train_step_seconds(batch) if ref else None
+      times.setdefault((batch, 0), []).append((median_seconds(run, repeats), theirs))
+      if batch in chunked:
+        times.setdefault((batch, chunked[batch][2]), []).append(
+            (median_seconds(chunked[batch][0], repeats), theirs))
+    print({k: v[-1] for k, v in times.items()}, flush=True)
+  return times
 
 
 def digits_likelihood(config_path: str, workdir: str, num_images: int,
@@ -250,6 +299,8 @@ def main():
   parser.add_argument("--digits_images", type=int, default=33)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--sampler_repeats", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="rounds of train steps, the reference's and ours alternating")
   parser.add_argument("--train_batch_chunk", default="",
                       help="also time our train steps with config.model.batch_chunk, one value per "
                            "train batch (8, 64), comma-separated, e.g. 2,8")
@@ -261,7 +312,7 @@ def main():
     parser.error("--reference and --torch_python go together")
   batches, tol, steps = ((4,), 1e-3, 5) if args.quick else ((8, 64), 1e-5, 50)
   if args.quick:
-    args.repeats, args.sampler_repeats = 1, 1
+    args.repeats, args.sampler_repeats, args.rounds = 1, 1, 1
   chunks = [int(c) for c in args.train_batch_chunk.split(",")] if args.train_batch_chunk else []
   if chunks and len(chunks) != len(batches):
     parser.error(f"--train_batch_chunk needs one value per train batch {batches}")
@@ -270,20 +321,24 @@ def main():
   images = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
   loads = [load_line("at start")]
 
-  ref = None
-  if args.reference:
-    with tempfile.TemporaryDirectory(prefix="bench_reference_") as work:
-      ref = run_reference(args, config, work, batches, tol, images)
-    loads.append(load_line("after the reference"))
-    print({k: v for k, v in ref.items() if k != "params"}, flush=True)
-    params = ref.pop("params")
-  else:
-    print("no --reference: this codebase only", flush=True)
-    params = builders.build_experiment(config).init_state().params
+  with contextlib.ExitStack() as stack:
+    reference = (stack.enter_context(Reference(args, config, batches, tol, images))
+                 if args.reference else None)
+    ref = reference.info if reference else None
+    if ref:
+      loads.append(load_line("after the reference"))
+      print({k: v for k, v in ref.items() if k != "params"}, flush=True)
+      params = ref.pop("params")
+    else:
+      print("no --reference: this codebase only", flush=True)
+      params = builders.build_experiment(config).init_state().params
+    steppers = train_steppers(config, batches)
+    chunked = {b: (*v, c) for (b, v), c in zip(train_steppers(config, batches, chunks).items(),
+                                               chunks)} if chunks else {}
+    step_times = interleaved_train_steps(reference, steppers, chunked, args.rounds, args.repeats)
+  loads.append(load_line("after the train steps"))
 
   peak = matmul_peak(256 if args.quick else 2048, jnp.float32, args.repeats)
-  steps_ = time_train_steps(config, batches, args.repeats)
-  chunked = time_train_steps(config, batches, args.repeats, chunks) if chunks else {}
   exp = builders.build_experiment(config)
   sde = sde_lib.VESDE(sigma_min=exp.sde.sigma_min, sigma_max=exp.sde.sigma_max, N=steps)
   model = common.as_model(exp.unconditional_model(params))
@@ -335,12 +390,20 @@ def main():
            f"{peak / 1e9:.0f} GFLOP/s. Medians of {args.repeats} runs.",
            "; ".join(loads) + ".", "",
            "| figure | ours | reference | ratio |", "|---|---|---|---|"]
-  for batch, (seconds, flops) in steps_.items():
-    lines.append(row(f"train step, batch {batch} (fwd+bwd+Adam+EMA)", seconds,
-                     r.get(f"train_step_{batch}_s")))
-  for (batch, (seconds, flops)), chunk in zip(chunked.items(), chunks):
-    lines.append(row(f"train step, batch {batch}, config.model.batch_chunk = {chunk}", seconds,
-                     r.get(f"train_step_{batch}_s")))
+  step_rows = []  # (label, batch, chunk, ours s, reference s or None, ratio or None, FLOP)
+  for (batch, chunk), pairs in step_times.items():
+    ours_s = median([o for o, _ in pairs])
+    theirs = median([t for _, t in pairs]) if ref else None
+    ratio = median([o / t for o, t in pairs]) if ref else None
+    flops = (chunked[batch] if chunk else steppers[batch])[1]
+    label = f"batch {batch}, config.model.batch_chunk = {chunk}" if chunk else f"batch {batch}"
+    step_rows.append((label, ours_s, theirs, ratio, flops, pairs))
+  for label, ours_s, theirs, ratio, _, _ in step_rows:
+    if ref is None:
+      lines.append(f"| train step, {label} (fwd+bwd+Adam+EMA) | {ours_s * 1e3:.1f} ms | - | - |")
+    else:
+      lines.append(f"| train step, {label} (fwd+bwd+Adam+EMA) | {ours_s * 1e3:.1f} ms | "
+                   f"{theirs * 1e3:.1f} ms | {ratio:.2f} |")
   lines.append(row("score evaluation, batch 8", t_score, r.get("score_eval_s")))
   lines.append(row(f"PC sampler, N = {steps}, reverse diffusion + Langevin ({pc_nfe} NFE)",
                    pc_wall, r.get("pc_s"), unit="s", scale=1.0, fmt=".2f"))
@@ -354,10 +417,15 @@ def main():
       lines.append(f"| digits likelihood NFE, {args.digits_images} test images, tol {tol:g}, "
                    f"{label} vs {digits[-1][0]} | {nfe} | {ref_nfe} | {nfe / ref_nfe:.2f} |")
   lines += ["", "| train step | FLOP | GFLOP/s | share of the GEMM peak |", "|---|---|---|---|"]
-  for label, (seconds, flops) in [(f"batch {b}", v) for b, v in steps_.items()] + [
-      (f"batch {b}, batch_chunk {c}", v) for (b, v), c in zip(chunked.items(), chunks)]:
+  for label, seconds, _, _, flops, _ in step_rows:
     lines.append(f"| {label} | {flops / 1e9:.2f} G | {flops / seconds / 1e9:.1f} | "
                  f"{100 * flops / seconds / peak:.1f} % |")
+  if ref:
+    lines += ["", f"Train steps in {args.rounds} rounds, the reference's and ours alternating "
+              f"(each a median of {args.repeats}; the table gives the medians over rounds, the "
+              "ratio the median of the rounds' ratios). Ratio per round:", ""]
+    lines += [f"- {label}: " + ", ".join(f"{o / t:.2f}" for o, t in pairs)
+              for label, _, _, _, _, pairs in step_rows]
   lines += ["", f"Sampler overhead, batch 8 (one score evaluation {1e3 * t_score:.1f} ms):", "",
             "| sampler | NFE | wall s | wall / (NFE x eval) | own work per NFE / eval |",
             "|---|---|---|---|---|"]

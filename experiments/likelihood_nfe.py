@@ -137,45 +137,53 @@ def main():
   print(f"model: {args.config} at step {step} ({args.workdir}); {b} test images {tuple(x.shape[1:])}; "
         f"rtol = atol = {tol}; load at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
 
-  rows, results = [], {}
-  for solver, control in [(s, c) for s in args.solvers.split(",") for c in likelihood.STEP_CONTROLS]:
-    compiled = likelihood._log_likelihood.lower(
-        key_probe, model, sde, y, tol, tol, eps, divergence="rademacher", solver=solver,
-        step_control=control).compile()
-    walls = []
-    for _ in range(args.repeats):
+  compiled = {(solver, control): likelihood._log_likelihood.lower(
+      key_probe, model, sde, y, tol, tol, eps, divergence="rademacher", solver=solver,
+      step_control=control).compile()
+      for solver in args.solvers.split(",") for control in likelihood.STEP_CONTROLS}
+  probes = likelihood.probes_for(key_probe, y, "rademacher")
+  field = jax.jit(likelihood.batch_field(model, sde, "rademacher", probes))
+  zeros = jnp.zeros((b,), jnp.float32)
+  evaluate = lambda: jax.block_until_ready(field(jnp.float32(0.5), (y, zeros)))
+  evaluate()
+
+  # Rounds: every row runs once per round, so that a drift of the machine's speed is shared by
+  # all rows instead of landing on the last ones; one evaluation of the field is timed each round.
+  walls = {k: [] for k in [*compiled, *([] if args.skip_scipy else ["scipy"])]}
+  evals, outputs = [], {}
+  for _ in range(args.repeats):
+    for k, fn in compiled.items():
       start = time.perf_counter()
-      logp, _, nfe = jax.block_until_ready(compiled(key_probe, model, sde, y, tol, tol, eps))
-      walls.append(time.perf_counter() - start)
-    wall = float(np.median(walls))
+      outputs[k] = jax.block_until_ready(fn(key_probe, model, sde, y, tol, tol, eps))
+      walls[k].append(time.perf_counter() - start)
+    if not args.skip_scipy:
+      start = time.perf_counter()
+      outputs["scipy"] = scipy_rk45(field, y, probes.shape, eps, sde.T, tol, tol)
+      walls["scipy"].append(time.perf_counter() - start)
+    for _ in range(3):
+      start = time.perf_counter()
+      evaluate()
+      evals.append(time.perf_counter() - start)
+  t_eval = float(np.median(evals))
+
+  rows, results = [], {}
+  for (solver, control), fn in compiled.items():
+    logp, _, nfe = outputs[(solver, control)]
     nfe = np.asarray(nfe)
     extra = ""
     if control == "per_sample":
       extra = (f"per-sample NFE {nfe.min()}..{nfe.max()} (median {int(np.median(nfe))}); useful "
                f"evaluations {nfe.sum() / (b * nfe.max()):.0%} of B x max")
     results[(solver, control)] = np.asarray(logp)
-    rows.append((f"ours, {solver}, step_control='{control}'", int(nfe.max()), wall, bpd_of(logp), extra))
+    rows.append((f"ours, {solver}, step_control='{control}'", int(nfe.max()),
+                 float(np.median(walls[(solver, control)])), bpd_of(logp), extra))
     print(rows[-1], flush=True)
-
-  probes = likelihood.probes_for(key_probe, y, "rademacher")
-  field = jax.jit(likelihood.batch_field(model, sde, "rademacher", probes))
-  zeros = jnp.zeros((b,), jnp.float32)
-  jax.block_until_ready(field(jnp.float32(0.5), (y, zeros)))
-  start = time.perf_counter()
-  reps = 5
-  for _ in range(reps):
-    jax.block_until_ready(field(jnp.float32(0.5), (y, zeros)))
-  t_eval = (time.perf_counter() - start) / reps
   if not args.skip_scipy:
-    walls = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      z, delta, nfev = scipy_rk45(field, y, probes.shape, eps, sde.T, tol, tol)
-      walls.append(time.perf_counter() - start)
-    wall = float(np.median(walls))
+    z, delta, nfev = outputs["scipy"]
     logp = np.asarray(sde.prior_logp(jnp.asarray(z, jnp.float32))) + delta
     results["scipy"] = logp
-    rows.append(("reference solver: scipy solve_ivp RK45, our field", int(nfev), wall, bpd_of(logp), ""))
+    rows.append(("reference solver: scipy solve_ivp RK45, our field", int(nfev),
+                 float(np.median(walls["scipy"])), bpd_of(logp), ""))
     print(rows[-1], flush=True)
   load_end = os.getloadavg()
 
@@ -184,8 +192,9 @@ def main():
       f"Model: `{os.path.relpath(args.config, ROOT)}` trained {step} steps (`{args.workdir}`), "
       f"{b} digits test images {tuple(x.shape[1:])}, uniform dequantization and Rademacher probes "
       f"shared by all rows, rtol = atol = {tol}, eps = {eps}. One batched evaluation of the "
-      f"augmented field (score + JVP on {b} images): {1e3 * t_eval:.1f} ms. Wall: median of "
-      f"{args.repeats} run(s) after compilation."
+      f"augmented field (score + JVP on {b} images): {1e3 * t_eval:.1f} ms (median of 3 per "
+      f"round). Wall: median of {args.repeats} round(s) after compilation, each round running "
+      "every row once."
       + (f" Reference: score_sde_pytorch {ref_commit}." if ref_commit else ""),
       f"Load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start, "
       f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at end (2 cores).",
