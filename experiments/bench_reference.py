@@ -234,15 +234,20 @@ def train_steppers(config, batches, chunks=None) -> dict:
     compiled = jax.jit(step).lower(state, images, exp.train_key).compile()
     cost = compiled.cost_analysis()
     flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-    carry = {"state": state}
-
-    def run():
-      carry["state"], metrics = compiled(carry["state"], images, exp.train_key)
-      return metrics
-
-    out[batch] = (run, flops)
+    out[batch] = (_stepper(compiled, state, images, exp.train_key), flops)
   config.model.batch_chunk = 0
   return out
+
+
+def _stepper(compiled, state, images, key):
+  """run() -> metrics: one step of ``compiled`` from the state the previous one reached."""
+  carry = {"state": state}
+
+  def run():
+    carry["state"], metrics = compiled(carry["state"], images, key)
+    return metrics
+
+  return run
 
 
 def interleaved_train_steps(ref, ours: dict, chunked: dict, rounds: int, repeats: int) -> dict:
