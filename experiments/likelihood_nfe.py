@@ -18,14 +18,13 @@ It also reports, for 'per_sample', the fraction of the batch's field evaluations
 (sum of per-sample NFE / (B * max NFE)): the rest are masked evaluations of finished samples.
 ``--reference`` is a checkout of yang-song/score_sde_pytorch: its likelihood.py is read to check
 that it still calls solve_ivp as driven here (torch is not needed). ``--write`` puts the table
-under "## Likelihood NFE" in docs/performance.md.
+between the likelihood_nfe markers of docs/performance.md.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -221,16 +220,17 @@ def main():
 
 
 def write_doc(table: str, command: str) -> None:
+  """Puts the command and table between the likelihood_nfe markers of docs/performance.md (the
+  findings written below them stay)."""
   path = os.path.join(ROOT, "docs", "performance.md")
-  text = open(path).read() if os.path.exists(path) else (
-      "# Performance\n\nMeasured figures of this implementation, side by side with the PyTorch "
-      "reference (yang-song/score_sde_pytorch) where one exists, with the command that produced "
-      "them and the machine's load. Issue 15 sets the targets.\n")
-  section = f"## Likelihood NFE\n\n```\n{command}\n```\n\n{table}\n"
-  pattern = re.compile(r"## Likelihood NFE\n.*?(?=\n## |\Z)", re.S)
-  text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+  begin, end = "<!-- likelihood_nfe:begin -->", "<!-- likelihood_nfe:end -->"
+  text = open(path).read()
+  if begin not in text or end not in text:
+    raise SystemExit(f"{path} has no {begin} ... {end} markers to write between.")
+  head, rest = text.split(begin, 1)
+  tail = rest.split(end, 1)[1]
   with open(path, "w") as f:
-    f.write(text)
+    f.write(f"{head}{begin}\n```\n{command}\n```\n\n{table}\n{end}{tail}")
   print("wrote", path)
 
 
