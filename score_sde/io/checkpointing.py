@@ -163,7 +163,8 @@ def _leaf_fingerprint(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(``x`` finite (True if not floating), uint32 checksum of its bits), on the devices, the same
   on every process (the reductions are global). Compiled once per leaf shape and dtype: a state's
   hundreds of leaves have a few dozen (one jit over the whole tree compiled in 7 s for the digits
-  DDPM++'s state, against 2.5 s for its 27 shapes, and ran no faster)."""
+  DDPM++'s state, against 2.5 s for its 27 shapes; per call 7 vs 22 ms there, 208 vs 156 ms for
+  an 80M-parameter state)."""
   finite = jnp.all(jnp.isfinite(x)) if _is_float(x) else jnp.asarray(True)
   return finite, _leaf_checksum(x)
 
