@@ -172,9 +172,9 @@ class Reference:
   (its initial weights in this codebase's tree); then ``train_step_seconds(batch)`` times its train
   step on request, so that its steps and ours alternate within minutes."""
 
-  def __init__(self, args, config, batches, tol: float, images: np.ndarray):
+  def __init__(self, args, config, tol: float, images: np.ndarray):
     self._work = tempfile.TemporaryDirectory(prefix="bench_reference_")
-    self.info, self._driver = start_reference(args, config, self._work.name, batches, tol, images)
+    self.info, self._driver = start_reference(args, config, self._work.name, tol, images)
 
   def train_step_seconds(self, batch: int) -> float:
     self._driver.stdin.write(f"{batch}\n")
@@ -190,7 +190,7 @@ class Reference:
     self._work.cleanup()
 
 
-def start_reference(args, config, work: str, batches, tol: float, images: np.ndarray):
+def start_reference(args, config, work: str, tol: float, images: np.ndarray):
   """(the driver's measurements plus ``params``, the running driver)."""
   os.makedirs(os.path.join(work, "op"))
   with open(os.path.join(work, "op", "__init__.py"), "w") as f:
@@ -198,7 +198,7 @@ def start_reference(args, config, work: str, batches, tol: float, images: np.nda
   with open(os.path.join(work, "driver.py"), "w") as f:
     f.write(DRIVER)
   spec = reference_spec(config)
-  spec.update(train_batches=list(batches), pc_steps=50, tol=tol)
+  spec.update(pc_steps=50, tol=tol)
   with open(os.path.join(work, "config.json"), "w") as f:
     json.dump(spec, f)
   np.save(os.path.join(work, "likelihood_images.npy"), images.transpose(0, 3, 1, 2))  # NCHW
@@ -326,9 +326,8 @@ def main():
   images = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
   loads = [load_line("at start")]
 
-  with contextlib.ExitStack() as stack:
-    reference = (stack.enter_context(Reference(args, config, batches, tol, images))
-                 if args.reference else None)
+  with (Reference(args, config, tol, images) if args.reference
+        else contextlib.nullcontext()) as reference:
     ref = reference.info if reference else None
     if ref:
       loads.append(load_line("after the reference"))
