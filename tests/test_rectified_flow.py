@@ -153,7 +153,7 @@ def test_velocity_score_fn_feeds_labels_and_class_labels(x64):
 
 @pytest.mark.parametrize("name, options", [
     pytest.param("flow", dict(num_steps=32, solver="heun"), marks=pytest.mark.slow),
-    ("ode", dict(rtol=1e-4, atol=1e-4)),
+    pytest.param("ode", dict(rtol=1e-4, atol=1e-4), marks=pytest.mark.slow),
     ("pc", dict(predictor="reverse_diffusion", corrector="langevin")),
     ("pc", dict(predictor="euler_maruyama", corrector="none")),
     ("ddim", dict(num_steps=50)),
