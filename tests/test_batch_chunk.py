@@ -29,9 +29,12 @@ def params():
 def test_chunks_give_the_whole_batch_output_and_gradients(params):
   whole, chunked = training.linen_model_fn(MODEL), training.linen_model_fn(MODEL, batch_chunk=2)
   # float32: the per-example computation is the same; XLA may fuse the chunks differently, and
-  # the parameter gradient sums over chunks in another order (relative rounding ~1e-6).
-  np.testing.assert_allclose(jax.jit(chunked)(params, X, LABELS),
-                             jax.jit(whole)(params, X, LABELS), rtol=1e-5, atol=1e-6)
+  # the parameter gradient sums over chunks in another order (relative rounding ~1e-6). An output
+  # near zero is a difference of O(1) activations, so its error is relative to the output's scale
+  # (seen: 1.8e-6 on AMD EPYC / AVX2, where outputs reach 0.5).
+  out = jax.jit(whole)(params, X, LABELS)
+  np.testing.assert_allclose(jax.jit(chunked)(params, X, LABELS), out, rtol=1e-5,
+                             atol=1e-5 * float(jnp.abs(out).max()))
   loss = lambda fn: jax.jit(jax.grad(lambda p: jnp.mean(fn(p, X, LABELS) ** 2)))(params)
   ref = loss(whole)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref))

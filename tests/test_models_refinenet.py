@@ -186,7 +186,11 @@ def test_ncsnv2_output_is_unconditional_net_divided_by_sigma(tiny_inputs, refere
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
   assert float(jnp.std(out[0])) > 1e-3
   sigmas = np.exp(np.linspace(np.log(50.), np.log(0.01), 5))  # descending
-  np.testing.assert_allclose(out[0] * sigmas[0], out[1] * sigmas[4], rtol=1e-4, atol=1e-6)
+  # The two copies of the image take different lanes of XLA's vectorised kernels, so they round
+  # differently: float32 error relative to the activations' scale (seen: 2.6e-6 at AVX2).
+  scaled = out[0] * sigmas[0]
+  np.testing.assert_allclose(scaled, out[1] * sigmas[4], rtol=1e-4,
+                             atol=1e-5 * float(jnp.abs(scaled).max()))
   out_train = model.apply({'params': params}, x, labels, train=True)
   np.testing.assert_array_equal(out, out_train)  # no dropout / batch statistics
 
@@ -204,8 +208,10 @@ def test_ncsn_conditions_on_noise_level(tiny_inputs):
   same = jax.tree_util.tree_map_with_path(
       lambda path, t: t.at[3].set(t[1]) if path[-1].key == 'embedding' else t, params)
   out_same = model.apply({'params': same}, x, labels, train=False)
-  np.testing.assert_allclose(out_same[0], out_same[1], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(out_same[0], out[0], rtol=1e-5, atol=1e-6)
+  # Same image at two batch positions: float32 rounding relative to the outputs' scale (see above).
+  atol = 1e-5 * float(jnp.abs(out_same[0]).max())
+  np.testing.assert_allclose(out_same[0], out_same[1], rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(out_same[0], out[0], rtol=1e-5, atol=atol)
 
 
 def test_rejects_bad_inputs(tiny_inputs):
