@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.experiment import loop
+from score_sde.experiment import loop, training
 from score_sde.io import checkpointing
 from tests.test_loop import SCHEDULE, Counter, _trainer
 
@@ -148,6 +148,20 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
   ckpts.wait_until_finished()
   assert ckpts.latest_step() is None
   ckpts.close()
+
+
+def test_the_train_step_finite_check_finds_one_bad_element_in_any_leaf():
+  """`training.tree_all_finite`, the train step's 'finite' metric: one NaN or inf anywhere in a
+  float32 or bfloat16 leaf, or in the loss, makes it False; integer leaves are ignored."""
+  tree = {"w": jnp.ones((3, 4)), "b": jnp.zeros(5, jnp.bfloat16), "step": jnp.asarray(7)}
+  check = jax.jit(training.tree_all_finite)
+  assert bool(check(jnp.asarray(0.5), tree))
+  for leaf, index in (("w", (2, 3)), ("b", 0)):
+    for bad in (np.nan, np.inf, -np.inf):
+      broken = {**tree, leaf: tree[leaf].at[index].set(bad)}
+      assert not bool(check(jnp.asarray(0.5), broken)), (leaf, bad)
+  assert not bool(check(jnp.asarray(np.nan), tree))
+  assert bool(check({"step": jnp.asarray(1)}))  # nothing floating: nothing to fail
 
 
 def test_silently_flipped_array_bytes_fail_the_checksum(tmp_path, caplog):

