@@ -272,13 +272,15 @@ def test_train_controlnet_sample_with_controls_and_eval(tmp_path):
     assert np.all(np.isfinite(f["adherence"]))
   assert os.path.isfile(os.path.join(out, "controls.png"))
 
-  # control_scale 0: the base model's samples, bitwise (same key, same sampler).
+  # control_scale 0: the base model's samples (same key, same sampler), to float32 rounding: the
+  # controlled network is another XLA program, whose fusions may round the base's layers otherwise
+  # (1.6e-6 relative after the sampler's steps with XLA:CPU's loop emitters).
   config.controlnet.control_scale = 0.0
   exp, base_exp = builders.build_experiment(config), builders.build_experiment(base_config)
   key = jax.random.PRNGKey(9)
   got, _ = exp.generate(key, state.ema_params, 8)
   want, _ = base_exp.generate(key, base_state.ema_params, 8)
-  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
 
 
 def test_a_record_from_before_the_controlnet_section_still_resumes():

@@ -303,7 +303,8 @@ def test_dit_evaluates_loss_likelihood_and_fdd(trained_dit):
 
 def _train_dit(out, workdir, n_devices):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
+             XLA_FLAGS=(f"{os.environ.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={n_devices}").strip())
   cmd = [sys.executable, "-m", "tests.helpers.train_worker", str(out), str(workdir), "4", "--dit"]
   result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]

@@ -21,7 +21,8 @@ def _worker_cmd(out, workdir, n_iters, *extra):
 
 def _env(n_devices=1):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+  env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                      f"--xla_force_host_platform_device_count={n_devices}").strip()
   return env
 
 
