@@ -148,8 +148,8 @@ def test_before_disc_start_the_autoencoder_step_ignores_the_discriminator():
   a run without one, and the discriminator's parameters stay put (zero hinge gradient)."""
   images = jax.random.uniform(jax.random.PRNGKey(3), (8, 16, 16, 1)) * 2 - 1
   # Plain gradient descent (lr 1), so the update is the gradient: Adam's first step,
-  # ≈ lr·sign(g), would turn the float32 rounding noise of the ~zero gradients (biases before a
-  # GroupNorm) into differences of ±lr between the two programs.
+  # ≈ lr·sign(g), would turn the float32 rounding noise of a gradient that is zero up to rounding
+  # (a 16-element leaf here) into differences of ±lr between the two programs.
   sgd = optax.sgd(1.0)
   _, _, with_disc, step_disc = _state_and_step(tiny_config(disc_start=5), images, sgd)
   _, _, plain, step_plain = _state_and_step(tiny_config(disc_start=-1), images, sgd)
