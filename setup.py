@@ -19,6 +19,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "diffrax>=0.6.0",
+        "optimistix>=0.0.7",  # samplers/ode.py: the RMS error norm of diffrax's controllers
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "pillow>=10.0",
