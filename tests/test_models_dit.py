@@ -18,6 +18,7 @@ from score_sde.models import dit as dit_lib
 from score_sde.models.dit import DiT
 from score_sde.samplers import SAMPLERS
 from tests.helpers import torch_save
+from tests.helpers.subprocess_env import cpu_env
 from tests.helpers.tiny_config import tiny_dit_config
 from tests.test_sampler_configs import FAST_OPTIONS
 
@@ -302,11 +303,9 @@ def test_dit_evaluates_loss_likelihood_and_fdd(trained_dit):
 
 
 def _train_dit(out, workdir, n_devices):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(f"{os.environ.get('XLA_FLAGS', '')} "
-                        f"--xla_force_host_platform_device_count={n_devices}").strip())
   cmd = [sys.executable, "-m", "tests.helpers.train_worker", str(out), str(workdir), "4", "--dit"]
-  result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(cmd, env=cpu_env(n_devices), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   return np.load(out)
 

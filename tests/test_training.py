@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers.subprocess_env import cpu_env
+
 # Each test trains in subprocesses (one to four devices, two processes): minutes on a CPU.
 pytestmark = pytest.mark.slow
 
@@ -17,13 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _worker_cmd(out, workdir, n_iters, *extra):
   return [sys.executable, "-m", "tests.helpers.train_worker", str(out), str(workdir), str(n_iters),
           *extra]
-
-
-def _env(n_devices=1):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
-                      f"--xla_force_host_platform_device_count={n_devices}").strip()
-  return env
 
 
 def _run(cmd, env, timeout=600):
@@ -50,7 +45,7 @@ def _losses_by_step(npz):
 def uninterrupted(tmp_path_factory):
   """Reference: 8 uninterrupted steps on one device."""
   d = tmp_path_factory.mktemp("uninterrupted")
-  _run(_worker_cmd(d / "out.npz", d / "wd", 8), _env(1))
+  _run(_worker_cmd(d / "out.npz", d / "wd", 8), cpu_env(1))
   return np.load(d / "out.npz")
 
 
@@ -70,7 +65,7 @@ def _free_port():
 def _resume_to_8_and_compare(tmp_path, workdir, uninterrupted):
   """Resumes the run in ``workdir`` to step 8: parameters and every logged loss bit-identical to
   the uninterrupted run's."""
-  _run(_worker_cmd(tmp_path / "out.npz", workdir, 8), _env(1))
+  _run(_worker_cmd(tmp_path / "out.npz", workdir, 8), cpu_env(1))
   resumed = np.load(tmp_path / "out.npz")
   _assert_same_params(resumed, uninterrupted)  # bit-identical
   ref = _losses_by_step(uninterrupted)
@@ -85,7 +80,7 @@ def test_kill_and_resume_is_exact(uninterrupted, tmp_path, kill_when):
   workdir = tmp_path / "wd"
   killed = subprocess.run(_worker_cmd(tmp_path / "ignored.npz", workdir, 8, "--kill_at", "4",
                                       "--kill_when", kill_when),
-                          env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          env=cpu_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
   resumed_from = 4 if kill_when == "saved" else 2
   assert _checkpoint_steps(workdir) == [resumed_from]
@@ -100,7 +95,7 @@ def test_sigterm_saves_at_the_step_reached_and_resume_is_exact(uninterrupted, tm
   exits with 143 and a message, and the resumed run ends bit-identical to the uninterrupted one."""
   workdir = tmp_path / "wd"
   stopped = subprocess.run(_worker_cmd(tmp_path / "ignored.npz", workdir, 8, "--sigterm_at", "5"),
-                           env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           env=cpu_env(1), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-4000:]
   assert "SIGTERM received: train stopped at step 5 and saved a checkpoint there" in stopped.stderr
   assert _checkpoint_steps(workdir) == [5]
@@ -109,7 +104,7 @@ def test_sigterm_saves_at_the_step_reached_and_resume_is_exact(uninterrupted, tm
 
 
 def test_four_devices_match_one(uninterrupted, tmp_path):
-  _run(_worker_cmd(tmp_path / "out.npz", tmp_path / "wd", 8), _env(4))
+  _run(_worker_cmd(tmp_path / "out.npz", tmp_path / "wd", 8), cpu_env(4))
   four = np.load(tmp_path / "out.npz")
   assert int(four["n_devices"]) == 4
   # Same noise and data on any device count; only reduction order differs (float32 rounding).
@@ -123,7 +118,7 @@ def _two_processes(tmp_path, workdir, n_iters, *extra, timeout=300):
   procs = [subprocess.Popen(
       _worker_cmd(tmp_path / f"out{i}.npz", workdir, n_iters, "--coordinator",
                   f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i), *extra),
-      env=_env(2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      env=cpu_env(2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   try:
     for p in procs:
@@ -150,7 +145,7 @@ def test_two_processes_with_async_saves_at_every_step_finish_and_match_one_proce
     assert _checkpoint_steps(workdir) == [4]
   _assert_same_params(runs[1], runs[0])
   np.testing.assert_array_equal(runs[1]["losses"], runs[0]["losses"])
-  _run(_worker_cmd(tmp_path / "single.npz", tmp_path / "wd_single", 4), _env(4))
+  _run(_worker_cmd(tmp_path / "single.npz", tmp_path / "wd_single", 4), cpu_env(4))
   single = np.load(tmp_path / "single.npz")
   assert int(runs[0]["n_devices"]) == 4 and int(single["n_devices"]) == 4
   np.testing.assert_allclose(runs[0]["losses"], single["losses"], rtol=1e-5)
