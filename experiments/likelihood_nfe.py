@@ -8,8 +8,9 @@ One run, one trained model, the same test images, the same dequantization noise 
 Hutchinson (Rademacher) probes for all three solves, at rtol = atol = --tol:
   - ours, step_control='per_sample' (diffrax, one adaptive solve per sample under vmap);
   - ours, step_control='batch' (one diffrax solve of the whole batch, one RMS error norm);
-  each with the diffrax solvers of --solvers (default Tsit5, our default, and Dopri5, the
-  Dormand-Prince pair that scipy's RK45 also is);
+  each with the diffrax solvers of --solvers (default Tsit5, the ODE sampler's default, and
+  Dopri5, the likelihood's default: the Dormand-Prince pair that scipy's RK45 also is, stepped by
+  RK45's rule, ``ode.HairerController``);
   - the reference's solver: ``scipy.integrate.solve_ivp(ode_func, (eps, T), init, rtol, atol,
     method='RK45')`` on the flattened batch [x, Delta] (float64 state, float32 model), driven as in
     the reference's likelihood.py, with OUR model's drift and divergence (jitted, batched) as the
