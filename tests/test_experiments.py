@@ -8,21 +8,23 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Script -> extra arguments; `{tmp}` is the test's temporary directory (no file of docs/ is written).
+# Script -> extra arguments; `{tmp}` is the test's temporary directory: runs and outputs go there
+# (pytest removes it; no file of docs/ is written).
 SCRIPTS = {
     "bench_device.py": [],
     "bench_models.py": [],
     "bench_reference.py": [],  # --quick: our side only (no torch in CI)
     "bench_samplers.py": [],
     "bench_train_step.py": [],
-    "cascade_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
-    "controlnet_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
+    "cascade_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
+    "controlnet_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
     "digits_guidance.py": ["--figure", "{tmp}/guidance.png"],
-    "dit_latent_study.py": [],  # --quick writes its runs, doc and figure to a temporary folder
+    "dit_latent_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
     "inpainting_bias.py": [],
     "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
-    "few_step_study.py": ["--figure", "{tmp}/few_step.png", "--doc", "{tmp}/few_step.md"],
-    "likelihood_nfe.py": [],
+    "few_step_study.py": ["--runs", "{tmp}", "--figure", "{tmp}/few_step.png",
+                          "--doc", "{tmp}/few_step.md"],
+    "likelihood_nfe.py": ["--workdir", "{tmp}"],
     "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
     "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
     "train_parity.py": [],  # --quick: our side only (no torch in CI), a temporary workdir
@@ -53,6 +55,8 @@ def test_quick_run(script, tmp_path):
   result = subprocess.run([sys.executable, os.path.join("experiments", script), "--quick", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
-  for a in args:
-    if a.startswith(str(tmp_path)):
-      assert os.path.getsize(a) > 0, a
+  outputs = [a for a in args if a.startswith(str(tmp_path)) and a != str(tmp_path)]
+  for a in outputs:
+    assert os.path.getsize(a) > 0, a
+  if str(tmp_path) in args:  # a runs folder or workdir
+    assert os.listdir(tmp_path), "nothing written to the runs folder"
