@@ -7,7 +7,6 @@ On XLA:CPU the backward convolutions run much slower inside a while-loop body, w
 ``training.make_train_step`` unrolls its n_jitted_steps loop. Prints medians over repeats.
 """
 import argparse
-import importlib.util
 import statistics
 import time
 
@@ -15,13 +14,6 @@ import jax
 import jax.numpy as jnp
 
 from score_sde.experiment import builders, training
-
-
-def _load_config(path):
-  spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _median_seconds(fn, args, repeats):
@@ -42,7 +34,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true", help="a tiny model, batch 4, 1 repeat")
   args = parser.parse_args()
-  config = _load_config(args.config)
+  config = builders.load_config_file(args.config, "--config")
   if args.quick:
     args.repeats = 1
     config.data.image_size, config.training.batch_size = 8, 4

@@ -5,7 +5,7 @@ Needs trained work directories:
   python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
   python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train_classifier
 then
-  PYTHONPATH=. python experiments/digits_guidance.py --cfg_workdir runs/digits_cfg \
+  python experiments/digits_guidance.py --cfg_workdir runs/digits_cfg \
       --classifier_workdir runs/digits [--n 256] [--figure docs/figures/digits_guidance.png]
 
 Class accuracy is the fraction of samples the project's digits CNN (test accuracy 0.958, not the
@@ -17,15 +17,20 @@ N = 10 steps and n = 20 samples; given work directories are ignored.
 """
 import argparse
 import copy
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 import optax
 
-from configs.digits import ddpmpp_vp_cfg, ddpmpp_vp_small
-from score_sde.io import logging_utils
-from score_sde.experiment import builders, classifier_training, evaluation, restore
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs.digits import ddpmpp_vp_cfg, ddpmpp_vp_small  # noqa: E402  (ROOT is sys.path[0])
+from score_sde.io import logging_utils  # noqa: E402
+from score_sde.experiment import builders, classifier_training, evaluation, restore  # noqa: E402
 
 
 def _shrink(config):

@@ -252,6 +252,15 @@ def test_torch_zip_reader_and_cli(tmp_path):
     np.testing.assert_array_equal(get_leaf(restored.params, path), value, err_msg=key)
 
 
+def test_cli_names_a_missing_source_file(tmp_path, capsys):
+  """A --source that does not exist stops the command with its name, before anything is written."""
+  with pytest.raises(SystemExit):
+    convert_cli.convert_main(["--config", "configs/ve/cifar10_ncsnpp_continuous.py", "--source",
+                              str(tmp_path / "checkpoint_26.pth"), "--out", str(tmp_path / "wd")])
+  assert "checkpoint_26.pth' does not exist" in capsys.readouterr().err
+  assert not (tmp_path / "wd").exists()
+
+
 def test_flax_checkpoint_loader(tmp_path):
   config = tiny_config()
   model = get_model(config)

@@ -158,7 +158,7 @@ def test_convert_cli_writes_a_workdir_from_a_released_dit_file(tmp_path):
   config_file.write_text(FIXTURE_CONFIG)
   out = convert_cli.convert_main(["--config", str(config_file), "--source", FIXTURE + ".pth",
                                   "--out", str(tmp_path / "wd")])
-  config = convert_cli._load_config(str(config_file))  # pylint: disable=protected-access
+  config = builders.load_config_file(str(config_file), "--config")
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
   init = builders.get_state_init(config)
   state = ckpts.restore_latest(checkpointing.abstract_like(jax.eval_shape(init)))

@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 from typing import Any, Callable, Iterable
 
 import jax
@@ -116,10 +117,20 @@ def objective_options(config, name: str) -> dict:
 
 
 def load_config_file(path: str, field: str):
-  """``get_config()`` of the config file at ``path`` (relative to the working directory)."""
+  """``get_config()`` of the config file at ``path`` (relative to the working directory).
+
+  Config files import their bases as packages (``from configs import architectures``), so the
+  directory above the file's outermost package (one with ``__init__.py``) goes onto sys.path:
+  a script run from anywhere, or a console entry point, then loads the repository's configs.
+  """
   if not path or not os.path.isfile(path):
     raise FileNotFoundError(f"{field}={path!r} is not a config file; name one such as "
                             "configs/digits/ddpmpp_vp_small.py (relative to the repository root).")
+  root = os.path.dirname(os.path.abspath(path))
+  while os.path.isfile(os.path.join(root, "__init__.py")):
+    root = os.path.dirname(root)
+  if root not in sys.path:
+    sys.path.insert(0, root)
   spec = importlib.util.spec_from_file_location("score_sde_teacher_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from typing import List, Optional
@@ -13,13 +12,6 @@ import jax.numpy as jnp
 from score_sde.experiment import builders, distributed
 from score_sde.io import checkpointing, torch_pickle
 from score_sde.io.convert import from_flax_checkpoint, from_pytorch_checkpoint
-
-
-def _load_config(path: str):
-  spec = importlib.util.spec_from_file_location("score_sde_convert_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def convert_main(argv: Optional[List[str]] = None) -> str:
@@ -46,7 +38,10 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
                       help="--autoencoder: the latent scale factor to store with it (SD: 0.18215); "
                            "without it, latent configs must set config.latent.scale_factor")
   args = parser.parse_args(argv)
-  config = _load_config(args.config)
+  if not os.path.exists(args.source):
+    parser.error(f"--source {args.source!r} does not exist: give the reference's checkpoint file "
+                 "(.pth, or checkpoint_N of the JAX reference) or the autoencoder's weights file")
+  config = builders.load_config_file(args.config, "--config")
   if args.autoencoder:
     return _convert_autoencoder(config, args)
   target = builders.conversion_kwargs(config)
