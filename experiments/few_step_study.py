@@ -3,7 +3,8 @@ DPM-Solver++ and Euler–Maruyama, consistency distillation from it, improved co
 and 1- and 2-rectified flow.
 
   PYTHONPATH=. python experiments/few_step_study.py --runs runs      # trains what is missing
-  PYTHONPATH=. python experiments/few_step_study.py --quick           # tiny, for a smoke test
+  PYTHONPATH=. python experiments/few_step_study.py --quick           # tiny, for a smoke test:
+      # its runs, doc and figure go into a temporary folder (or --runs), never into docs/
 
 Trains (or resumes) the five runs through the command line, in order: the README's main job
 (configs/digits/ddpmpp_vp_small.py), CD from it (cd.py), iCT (ict.py), 1-RF (rectified_flow.py),
@@ -194,8 +195,9 @@ def main():
   parser.add_argument("--num_samples", type=int, default=512)
   parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--skip_training", action="store_true")
-  parser.add_argument("--doc", default=os.path.join(ROOT, "docs", "few_step.md"))
-  parser.add_argument("--figure", default=os.path.join(ROOT, "docs", "figures", "few_step.png"))
+  parser.add_argument("--doc", default=None, help="default: docs/few_step.md (--quick: in --runs)")
+  parser.add_argument("--figure", default=None,
+                      help="default: docs/figures/few_step.png (--quick: in --runs)")
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args()
   if args.quick:
@@ -203,6 +205,9 @@ def main():
     args.runs = args.runs or tempfile.mkdtemp(prefix="few_step_")
     args.num_samples, args.seeds = 16, 1
   runs_dir = os.path.abspath(args.runs or os.path.join(ROOT, "runs"))
+  outputs = runs_dir if args.quick else os.path.join(ROOT, "docs")
+  args.doc = args.doc or os.path.join(outputs, "few_step.md")
+  args.figure = args.figure or os.path.join(outputs, "figures", "few_step.png")
   if not args.skip_training:
     train_runs(runs_dir, args.quick)
   rows = measure(runs_dir, args.num_samples, args.seeds, args.quick)

@@ -1,13 +1,14 @@
 """Interpolation between samples of a 2-D mixture through probability-flow ODE latents; writes a PNG.
 
   PYTHONPATH=. python experiments/interpolation_grid.py --out docs/figures/interpolation.png
-  --quick: 2 pairs, 5 points (a smoke test, seconds).
+  --quick: 2 pairs, 5 points (a smoke test, seconds), into a temporary folder unless --out names a file.
 
 Each row pairs two data points: they are encoded with ``ode.encode``, their latents joined by
 slerp (left) or lerp (right), and every point decoded (``interpolation.interpolate``, exact scores).
 """
 import argparse
 import os
+import tempfile
 
 import jax
 import matplotlib
@@ -26,11 +27,13 @@ def main():
   parser.add_argument("--shape", default="ring", choices=["ring", "grid", "spiral"])
   parser.add_argument("--pairs", type=int, default=6)
   parser.add_argument("--points", type=int, default=17)
-  parser.add_argument("--out", default="docs/figures/interpolation.png")
+  parser.add_argument("--out", default=None, help="default: docs/figures/interpolation.png")
   parser.add_argument("--quick", action="store_true", help="pairs=2, points=5")
   args = parser.parse_args()
   if args.quick:
     args.pairs, args.points = 2, 5
+  args.out = args.out or (os.path.join(tempfile.mkdtemp(prefix="interpolation_"), "interpolation.png")
+                          if args.quick else "docs/figures/interpolation.png")
   target = toy.get_shape(args.shape)
   sde = sde_lib.VPSDE()
   score_fn = target.score_fn(sde)

@@ -1,7 +1,8 @@
 """Sample quality against the number of score evaluations (NFE) for every sampler, with exact scores.
 
   PYTHONPATH=. python experiments/nfe_study.py            # ~ a few minutes on 2 CPU cores
-  PYTHONPATH=. python experiments/nfe_study.py --quick    # smaller, for a smoke test
+  PYTHONPATH=. python experiments/nfe_study.py --quick    # smaller, for a smoke test; its doc
+      # and figure go into a temporary folder unless --doc / --figure name them
 
 Targets: a 2-D ring of 8 narrow Gaussians and a 16-D mixture of 8 Gaussians, diffused by the VP SDE,
 whose exact scores (``toy.GaussianMixture``) stand in for a perfectly trained network. Error: the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tempfile
 import time
 
 import jax
@@ -238,10 +240,13 @@ def main():
   parser.add_argument("--n", type=int, default=1000, help="samples per run")
   parser.add_argument("--seeds", type=int, default=2)
   parser.add_argument("--quick", action="store_true", help="n=500, 1 seed, NFE {10, 100}")
-  parser.add_argument("--figure", default="docs/figures/nfe_study.png")
-  parser.add_argument("--doc", default="docs/beyond.md")
+  parser.add_argument("--figure", default=None, help="default: docs/figures/nfe_study.png")
+  parser.add_argument("--doc", default=None, help="default: docs/beyond.md")
   args = parser.parse_args()
   nfes = (10, 100) if args.quick else NFES
+  outputs = tempfile.mkdtemp(prefix="nfe_study_") if args.quick else "docs"
+  args.figure = args.figure or os.path.join(outputs, "figures", "nfe_study.png")
+  args.doc = args.doc or os.path.join(outputs, "beyond.md")
   if args.quick:
     args.n, args.seeds = 500, 1
   start = time.time()

@@ -2,11 +2,14 @@
 
 Writes docs/figures/toy_samplers.png (needs matplotlib):
   PYTHONPATH=. python experiments/toy_samplers_figure.py [--out docs/figures/toy_samplers.png]
-  --quick: 100 samples, N = 40 (a smoke test, seconds; VP's discrete chain needs N > beta_max = 20).
+  --quick: 100 samples, N = 40 (a smoke test, seconds; VP's discrete chain needs N > beta_max = 20),
+  into a temporary folder unless --out names a file.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 
 import jax
 import matplotlib
@@ -44,13 +47,15 @@ def panels(n: int, steps: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="docs/figures/toy_samplers.png")
+  parser.add_argument("--out", default=None, help="default: docs/figures/toy_samplers.png")
   parser.add_argument("--n", type=int, default=2000)
   parser.add_argument("--steps", type=int, default=300, help="N of the SDEs")
   parser.add_argument("--quick", action="store_true", help="n=100, steps=40")
   args = parser.parse_args()
   if args.quick:
     args.n, args.steps = 100, 40
+  args.out = args.out or (os.path.join(tempfile.mkdtemp(prefix="toy_samplers_"), "toy_samplers.png")
+                          if args.quick else "docs/figures/toy_samplers.png")
   fig, axes = plt.subplots(2, 4, figsize=(12, 6.3), sharex=True, sharey=True)
   for ax, (title, x, info) in zip(axes.ravel(), panels(args.n, args.steps)):
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="k" if title == "data" else "C0")

@@ -8,26 +8,27 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Script -> extra arguments; `{tmp}` is the test's temporary directory: runs and outputs go there
-# (pytest removes it; no file of docs/ is written).
+# Script -> (extra arguments, what its --quick run writes). Each runs with TMPDIR set to the
+# test's temporary directory, so the temporary folders --quick writes its runs, docs and figures
+# into by default are there (pytest removes it); the files named must appear in it, and nothing
+# under docs/ may change.
 SCRIPTS = {
-    "bench_device.py": [],
-    "bench_models.py": [],
-    "bench_reference.py": [],  # --quick: our side only (no torch in CI)
-    "bench_samplers.py": [],
-    "bench_train_step.py": [],
-    "cascade_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
-    "controlnet_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
-    "digits_guidance.py": ["--figure", "{tmp}/guidance.png"],
-    "dit_latent_study.py": ["--runs", "{tmp}"],  # --quick writes its doc and figure there too
-    "inpainting_bias.py": [],
-    "interpolation_grid.py": ["--out", "{tmp}/interpolation.png"],
-    "few_step_study.py": ["--runs", "{tmp}", "--figure", "{tmp}/few_step.png",
-                          "--doc", "{tmp}/few_step.md"],
-    "likelihood_nfe.py": ["--workdir", "{tmp}"],
-    "nfe_study.py": ["--figure", "{tmp}/nfe_study.png", "--doc", "{tmp}/beyond.md"],
-    "toy_samplers_figure.py": ["--out", "{tmp}/toy_samplers.png"],
-    "train_parity.py": [],  # --quick: our side only (no torch in CI), a temporary workdir
+    "bench_device.py": ([], []),
+    "bench_models.py": ([], []),
+    "bench_reference.py": ([], []),  # --quick: our side only (no torch in CI)
+    "bench_samplers.py": ([], []),
+    "bench_train_step.py": ([], []),
+    "cascade_study.py": ([], ["doc.md", "f.png", "checkpoints"]),
+    "controlnet_study.py": ([], ["doc.md", "f.png", "checkpoints"]),
+    "digits_guidance.py": (["--figure", "{tmp}/guidance.png"], ["guidance.png"]),
+    "dit_latent_study.py": ([], ["dit_latent.md", "f.png", "checkpoints"]),
+    "inpainting_bias.py": ([], []),
+    "interpolation_grid.py": ([], ["interpolation.png"]),
+    "few_step_study.py": ([], ["few_step.md", "few_step.png", "checkpoints", "reflow_pairs"]),
+    "likelihood_nfe.py": ([], ["checkpoints"]),
+    "nfe_study.py": ([], ["beyond.md", "nfe_study.png"]),
+    "toy_samplers_figure.py": ([], ["toy_samplers.png"]),
+    "train_parity.py": ([], []),  # --quick: our side only (no torch in CI), a deleted workdir
 }
 
 
@@ -47,16 +48,23 @@ def test_ci_runs_the_regression_guard_in_full():
     assert f"python experiments/{script}" in commands, script
 
 
+def _docs_files() -> dict:
+  docs = os.path.join(ROOT, "docs")
+  return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_mtime_ns
+          for d, _, names in os.walk(docs) for n in names}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_quick_run(script, tmp_path):
-  args = [a.format(tmp=tmp_path) for a in SCRIPTS[script]]
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  args, outputs = SCRIPTS[script]
+  args = [a.format(tmp=tmp_path) for a in args]
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
+  docs_before = _docs_files()
   result = subprocess.run([sys.executable, os.path.join("experiments", script), "--quick", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
-  outputs = [a for a in args if a.startswith(str(tmp_path)) and a != str(tmp_path)]
-  for a in outputs:
-    assert os.path.getsize(a) > 0, a
-  if str(tmp_path) in args:  # a runs folder or workdir: the script trained into it
-    assert any(p.is_dir() for p in tmp_path.iterdir()), "no run or checkpoint folder written"
+  assert _docs_files() == docs_before, "a --quick run wrote into docs/"
+  for name in outputs:
+    found = [p for p in tmp_path.rglob(name) if p.is_dir() or p.stat().st_size > 0]
+    assert found, f"{name} was not written under {tmp_path}"
