@@ -25,7 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde.experiment import builders, training
+from score_sde.experiment import builders, config_files, training
 from score_sde.samplers import likelihood
 
 TINY = dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
@@ -50,7 +50,7 @@ def matmul_peak(n: int, dtype, repeats: int) -> float:
 
 
 def load(config_file: str, quick: bool, tiny: bool, compute_dtype: str, remat: bool):
-  config = builders.load_config_file(config_file, "--config")
+  config = config_files.load_config_file(config_file, "--config")
   config.model.update(compute_dtype=compute_dtype, remat=remat)
   if tiny:
     config.model.update(TINY)

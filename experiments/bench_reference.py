@@ -55,7 +55,7 @@ from train_parity import OP_INIT, load_line, reference_spec  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from score_sde.diffusion import parametrization  # noqa: E402
 from score_sde.diffusion import sde as sde_lib  # noqa: E402
-from score_sde.experiment import builders, training  # noqa: E402
+from score_sde.experiment import builders, config_files, training  # noqa: E402
 from score_sde.io import convert, torch_pickle  # noqa: E402
 from score_sde.samplers import SAMPLERS, common, likelihood  # noqa: E402
 
@@ -273,7 +273,7 @@ def digits_likelihood(config_path: str, workdir: str, num_images: int,
   from likelihood_nfe import scipy_rk45  # pylint: disable=import-outside-toplevel
   from score_sde.experiment import restore  # pylint: disable=import-outside-toplevel
 
-  exp = builders.build_experiment(builders.load_config_file(config_path, "config"))
+  exp = builders.build_experiment(config_files.load_config_file(config_path, "config"))
   _, params = restore.latest_params(exp, workdir)
   model = common.as_model(exp.unconditional_model(params))
   with exp.dataset(split="test", batch_size=num_images, num_epochs=1, evaluation=True,

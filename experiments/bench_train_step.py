@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde.experiment import builders, training
+from score_sde.experiment import builders, config_files, training
 
 
 def _median_seconds(fn, args, repeats):
@@ -34,7 +34,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true", help="a tiny model, batch 4, 1 repeat")
   args = parser.parse_args()
-  config = builders.load_config_file(args.config, "--config")
+  config = config_files.load_config_file(args.config, "--config")
   if args.quick:
     args.repeats = 1
     config.data.image_size, config.training.batch_size = 8, 4

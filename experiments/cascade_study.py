@@ -31,7 +31,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde.experiment import builders, restore  # noqa: E402
+from score_sde.experiment import builders, config_files, restore  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def overrides(steps: int, quick: bool) -> dict:
 
 
 def load_config(config_file: str, fields: dict):
-  config = builders.load_config_file(os.path.join(ROOT, config_file), "config")
+  config = config_files.load_config_file(os.path.join(ROOT, config_file), "config")
   for key, value in fields.items():
     section, field = key.split(".")
     config[section][field] = value

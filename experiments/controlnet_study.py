@@ -30,7 +30,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde.experiment import builders, controlnet  # noqa: E402
+from score_sde.experiment import builders, config_files, controlnet  # noqa: E402
 from score_sde.io import checkpointing  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
@@ -46,7 +46,7 @@ def _flags(overrides: dict) -> list[str]:
 
 
 def load_config(config_file: str, fields: dict):
-  config = builders.load_config_file(os.path.join(ROOT, config_file), "config")
+  config = config_files.load_config_file(os.path.join(ROOT, config_file), "config")
   for key, value in fields.items():
     section, field = key.split(".")
     config[section][field] = value

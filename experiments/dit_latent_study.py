@@ -36,7 +36,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde.experiment import autoencoder, builders, restore, training  # noqa: E402
+from score_sde.experiment import autoencoder, builders, config_files, restore, training  # noqa: E402
 from score_sde.io import datasets  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
@@ -62,7 +62,7 @@ def _flags(overrides: dict) -> list[str]:
 
 
 def load_config(config_file: str, overrides: dict):
-  config = builders.load_config_file(os.path.join(ROOT, config_file), "config")
+  config = config_files.load_config_file(os.path.join(ROOT, config_file), "config")
   for key, value in overrides.items():
     section, field = key.split(".")
     config[section][field] = value

@@ -29,7 +29,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from score_sde.experiment import builders, restore  # noqa: E402
+from score_sde.experiment import builders, config_files, restore  # noqa: E402
 from score_sde.metrics import digits_classifier as dc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +117,7 @@ def train_runs(runs_dir: str, quick: bool) -> None:
 
 
 def load_config(config_file: str, overrides: dict):
-  config = builders.load_config_file(os.path.join(ROOT, config_file), "config")
+  config = config_files.load_config_file(os.path.join(ROOT, config_file), "config")
   for key, value in overrides.items():
     section, field = key.split(".")
     config[section][field] = value

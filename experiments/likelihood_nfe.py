@@ -38,7 +38,7 @@ from scipy import integrate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from score_sde.experiment import builders, restore  # noqa: E402
+from score_sde.experiment import builders, config_files, restore  # noqa: E402
 from score_sde.samplers import common, likelihood  # noqa: E402
 
 QUICK_MODEL = {"nf": 8, "ch_mult": (1,), "attn_resolutions": ()}  # --quick: a tiny network
@@ -115,7 +115,7 @@ def main():
   ref_commit = check_reference(args.reference) if args.reference else None
   if args.train_steps:
     train(args.config, args.workdir, args.train_steps, model_fields)
-  config = builders.load_config_file(args.config, "config")
+  config = config_files.load_config_file(args.config, "config")
   config.model.update(model_fields)
   exp = builders.build_experiment(config)
   step, params = restore.latest_params(exp, args.workdir)

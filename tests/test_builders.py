@@ -1,14 +1,12 @@
 """The config edge: sampler options read generically from a sampler's keyword-only parameters."""
 import inspect
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.experiment import builders
+from score_sde.experiment import builders, config_files
 from tests.helpers.tiny_config import tiny_config
 
 
@@ -83,27 +81,6 @@ def test_unknown_sampler_names_the_field_and_the_choices():
     builders.build_experiment(config)
 
 
-def test_a_config_file_imports_its_bases_from_any_working_directory(tmp_path, monkeypatch):
-  """load_config_file puts the directory above the config's outermost package on sys.path, so a
-  config that imports its base as a package (`from configs import ...`) loads from a script in
-  experiments/ or a console entry point (score-sde-convert), where the repository is not on it."""
-  package = tmp_path / "repo" / "my_configs"
-  (package / "digits").mkdir(parents=True)
-  (package / "__init__.py").write_text("")
-  (package / "digits" / "__init__.py").write_text("")
-  (package / "base.py").write_text("def get_config():\n  return {'lr': 2e-4}\n")
-  (package / "digits" / "small.py").write_text(
-      "from my_configs import base\n\ndef get_config():\n  return dict(base.get_config(), n=3)\n")
-  monkeypatch.setattr("sys.path", [p for p in sys.path if p not in ("", ".", os.getcwd())])
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.delitem(sys.modules, "my_configs", raising=False)
-  assert builders.load_config_file("repo/my_configs/digits/small.py", "--config") == {"lr": 2e-4,
-                                                                                         "n": 3}
-  assert sys.path[0] == str(tmp_path / "repo")
-  for name in ("my_configs", "my_configs.base"):
-    sys.modules.pop(name, None)
-
-
 @pytest.mark.parametrize("config_file",
                          ["configs/digits/ddpmpp_vp_small.py", "configs/digits/dit.py"])
 def test_the_state_initialiser_gives_the_bits_of_a_plain_jit(config_file):
@@ -115,7 +92,7 @@ def test_the_state_initialiser_gives_the_bits_of_a_plain_jit(config_file):
 
   from score_sde.experiment import distributed, training  # pylint: disable=import-outside-toplevel
 
-  config = builders.load_config_file(config_file, "config")
+  config = config_files.load_config_file(config_file, "config")
   module = builders.get_model(config)
   shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
   init = lambda key: training.init_train_state(key, module, optax.adam(1e-3), shape)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import architectures
-from score_sde.experiment import builders, cli, convert_cli, evaluation, generate, train
+from score_sde.experiment import builders, cli, config_files, convert_cli, evaluation, generate, train
 from score_sde.io import checkpointing, convert, torch_pickle
 from score_sde.models import dit as dit_lib
 from score_sde.models.dit import DiT
@@ -158,7 +158,7 @@ def test_convert_cli_writes_a_workdir_from_a_released_dit_file(tmp_path):
   config_file.write_text(FIXTURE_CONFIG)
   out = convert_cli.convert_main(["--config", str(config_file), "--source", FIXTURE + ".pth",
                                   "--out", str(tmp_path / "wd")])
-  config = builders.load_config_file(str(config_file), "--config")
+  config = config_files.load_config_file(str(config_file), "--config")
   ckpts = checkpointing.TrainCheckpoints(out, read_only=True)
   init = builders.get_state_init(config)
   state = ckpts.restore_latest(checkpointing.abstract_like(jax.eval_shape(init)))

@@ -8,11 +8,9 @@ with an error naming the field and the valid choices.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import json
 import os
-import sys
 from typing import Any, Callable, Iterable
 
 import jax
@@ -21,7 +19,7 @@ import jax.numpy as jnp
 from score_sde import models
 from score_sde.diffusion import consistency, losses, parametrization
 from score_sde.diffusion import sde as sde_lib
-from score_sde.experiment import classifier_training, distributed, optim, training
+from score_sde.experiment import classifier_training, config_files, distributed, optim, training
 from score_sde.experiment.experiment import (ClassifierOptions, DataOptions, EvalOptions,
                                              Experiment, ReferenceOptions, TrainOptions)
 from score_sde.experiment.guidance import GUIDANCE, Guidance, guided_model
@@ -116,27 +114,6 @@ def objective_options(config, name: str) -> dict:
   return options
 
 
-def load_config_file(path: str, field: str):
-  """``get_config()`` of the config file at ``path`` (relative to the working directory).
-
-  Config files import their bases as packages (``from configs import architectures``), so the
-  directory above the file's outermost package (one with ``__init__.py``) goes onto sys.path:
-  a script run from anywhere, or a console entry point, then loads the repository's configs.
-  """
-  if not path or not os.path.isfile(path):
-    raise FileNotFoundError(f"{field}={path!r} is not a config file; name one such as "
-                            "configs/digits/ddpmpp_vp_small.py (relative to the repository root).")
-  root = os.path.dirname(os.path.abspath(path))
-  while os.path.isfile(os.path.join(root, "__init__.py")):
-    root = os.path.dirname(root)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location("score_sde_teacher_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_teacher(config):
   """(teacher model, teacher SDE) of consistency distillation: the newest EMA parameters in
   config.consistency.teacher_workdir of the run configured by config.consistency.teacher_config,
@@ -147,8 +124,8 @@ def get_teacher(config):
   if not c.get("teacher_workdir"):
     raise ValueError("config.training.loss='consistency_distillation' needs a trained teacher: set "
                      "config.consistency.teacher_workdir (and teacher_config, its config file).")
-  teacher = build_experiment(load_config_file(c.get("teacher_config"),
-                                              "config.consistency.teacher_config"))
+  teacher = build_experiment(config_files.load_config_file(c.get("teacher_config"),
+                                                           "config.consistency.teacher_config"))
   _, params = restore.latest_params(teacher, c.teacher_workdir)
   return teacher.unconditional_model(params), teacher.sde
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.experiment import builders
+from score_sde.experiment import builders, config_files
 from score_sde.experiment.controllable_io import _in_batches, _read_inputs, _write_results
 from score_sde.experiment.evaluation import sample_metrics
 from score_sde.experiment.outputs import atomic_json, atomic_npz
@@ -50,7 +50,7 @@ def sample_cascade(config, workdir: str) -> str:
   previous, images, report = None, None, {}
   for i, (config_file, stage_workdir) in enumerate(_stages(config)):
     field = "config.cascade.base_config" if i == 0 else f"config.cascade.stage_configs[{i - 1}]"
-    exp = builders.build_experiment(builders.load_config_file(config_file, field))
+    exp = builders.build_experiment(config_files.load_config_file(config_file, field))
     if i and exp.super_resolution is None:
       raise ValueError(f"{field}={config_file!r} is not a super-resolution model "
                        "(config.super_resolution.factor > 1).")

@@ -14,6 +14,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from score_sde.experiment import config_files
+
 FLAGS = flags.FLAGS
 
 
@@ -105,9 +107,23 @@ def _run(argv):
     sys.exit(e.exit_code)
 
 
+def _config_argument(argv) -> str | None:
+  """The value of --config in ``argv`` (``--config=PATH`` or ``--config PATH``), if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def main(argv=None):
-  # Config files import their bases as `configs.*`, relative to the repository root.
+  # Config files import their bases as `configs.*`: the working directory (the repository root)
+  # and the package root of the --config file go on sys.path before the flags load the file.
   sys.path.insert(0, os.getcwd())
+  config_file = _config_argument(argv or sys.argv)
+  if config_file and os.path.isfile(config_file):
+    config_files.add_package_root(config_file)
   flags.mark_flags_as_required(["config", "workdir"])
   try:
     app.run(_run, argv)

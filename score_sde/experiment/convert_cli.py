@@ -9,7 +9,7 @@ from typing import List, Optional
 import jax
 import jax.numpy as jnp
 
-from score_sde.experiment import builders, distributed
+from score_sde.experiment import builders, config_files, distributed
 from score_sde.io import checkpointing, torch_pickle
 from score_sde.io.convert import from_flax_checkpoint, from_pytorch_checkpoint
 
@@ -41,7 +41,7 @@ def convert_main(argv: Optional[List[str]] = None) -> str:
   if not os.path.exists(args.source):
     parser.error(f"--source {args.source!r} does not exist: give the reference's checkpoint file "
                  "(.pth, or checkpoint_N of the JAX reference) or the autoencoder's weights file")
-  config = builders.load_config_file(args.config, "--config")
+  config = config_files.load_config_file(args.config, "--config")
   if args.autoencoder:
     return _convert_autoencoder(config, args)
   target = builders.conversion_kwargs(config)
