@@ -8,8 +8,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Script -> (extra arguments, what its --quick run writes). Each runs with TMPDIR set to the
-# test's temporary directory, so the temporary folders --quick writes its runs, docs and figures
+# Script -> (extra arguments, what its --quick run writes). Each runs without PYTHONPATH, with
+# TMPDIR set to the test's temporary directory, so the temporary folders --quick writes its runs, docs and figures
 # into by default are there (pytest removes it); the files named must appear in it, and nothing
 # under docs/ may change.
 SCRIPTS = {
@@ -59,7 +59,9 @@ def _docs_files() -> dict:
 def test_quick_run(script, tmp_path):
   args, outputs = SCRIPTS[script]
   args = [a.format(tmp=tmp_path) for a in args]
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
+  # As a user runs it: from the repository root, PYTHONPATH unset (the package is installed).
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.update(JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
   docs_before = _docs_files()
   result = subprocess.run([sys.executable, os.path.join("experiments", script), "--quick", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
