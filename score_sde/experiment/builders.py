@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from score_sde import models
 from score_sde.diffusion import consistency, losses, parametrization
@@ -442,7 +443,7 @@ def sampler_options(config, sample_fn: Callable) -> dict:
 
 def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
                 classifier_fn=None, decode: Callable | None = None,
-                super_resolution=None, controlnet=None) -> Callable:
+                super_resolution=None, controlnet=None, mesh: Mesh | None = None) -> Callable:
   """``sample(key, params, batch_size, labels=None, classifier_params=None) -> (x, info)``, jitted.
 
   ``config.sampling.method`` picks the sampler of ``samplers.SAMPLERS``; its options come from
@@ -452,7 +453,9 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
   sampler's output to images inside the same compiled function. With ``super_resolution`` the
   sampler takes ``low_res`` [B, H/f, W/f, C], augmented at the sampling level with the first half of
   the key. With ``controlnet`` (a `controlnet.ControlSpec`) it takes ``control`` [B, H, W, C_c], the
-  control images, at the spec's control and guidance scales.
+  control images, at the spec's control and guidance scales. With a ``mesh`` of several devices
+  the batch is sampled split over its data axis (`distributed.split_over_batch`) and returned whole
+  on every device.
   """
   method = config.sampling.method.lower()
   check_choice(method, SAMPLERS, "config.sampling.method")
@@ -482,7 +485,10 @@ def get_sampler(config, sde, model_fn, image_shape, guidance: Guidance,
     model = guided_model(guidance, sde, network_model, network_fn, params, num_classes=k,
                          labels=labels, classifier_logits_fn=logits_fn)
     x, info = sample_fn(key, model, sde, (batch_size, *image_shape), **options)
-    return (x if decode is None else decode(x)), info
+    if mesh is not None:
+      x = distributed.split_over_batch(x, mesh)
+    x = x if decode is None else decode(x)
+    return (x if mesh is None else distributed.gathered(x, mesh)), info
 
   return jax.jit(sample, static_argnames="batch_size")
 
@@ -873,8 +879,9 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
                                         "sample_aug_level": sr.sample_aug_level}
   if control is not None:
     sampler_spec["controlnet"] = control.describe()
+  mesh = distributed.data_mesh()
   return Experiment(
-      mesh=distributed.data_mesh(), sde=sde, module=module, num_classes=k, model_fn=model_fn,
+      mesh=mesh, sde=sde, module=module, num_classes=k, model_fn=model_fn,
       unconditional_model_fn=training.null_class_model_fn(model_fn, k) if k else model_fn,
       network_model=get_network_model(config, sde), optimizer=optimizer,
       scaler=get_data_scaler(config), inverse_scaler=get_data_inverse_scaler(config),
@@ -885,7 +892,7 @@ def build_experiment(config, *, guidance: str | None = None) -> Experiment:
       guidance=guidance,
       sampler=get_sampler(config, sde, model_fn, model_shape, guidance, classifier_fn,
                           decode=latent_space.decode if latent_space is not None else None,
-                          super_resolution=sr, controlnet=control),
+                          super_resolution=sr, controlnet=control, mesh=mesh),
       sampler_spec=sampler_spec,
       pc_options=sampler_options(config, SAMPLERS["pc"]),
       classifier_module=classifier_module, classifier_fn=classifier_fn,

@@ -74,6 +74,22 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
 
 
+def split_over_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """Inside ``jit``: computes ``x`` [B, ...] (and, by propagation, the batched work that makes it)
+  with its batch split over the data axis, when B divides evenly; otherwise leaves it. Without
+  it, a function of replicated inputs (parameters, a key) runs whole on every device."""
+  if mesh.size == 1 or x.shape[0] % mesh.size:
+    return x
+  return jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
+
+
+def gathered(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """Inside ``jit``: ``x`` replicated on every device (of every process), so the host can read it."""
+  if mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, replicated(mesh))
+
+
 def check_batch_size(batch_size: int, field: str = "config.training.batch_size") -> None:
   """The global batch must split evenly over devices and processes."""
   n_dev = jax.device_count()

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.experiment import builders, training
+from score_sde.experiment import builders, distributed, training
 from score_sde.experiment.experiment import Experiment
 from score_sde.experiment.fid_reference import InceptionReference, inception_reference
 from score_sde.experiment.generate import sample_rounds
@@ -41,12 +41,19 @@ def mean_test_loss(exp: Experiment, params, key) -> float:
 
 def _bpd_function(exp: Experiment):
   """``bpd(params, key, images) -> bits/dim [B]``, jitted once per experiment: the parameters are an
-  argument, so every checkpoint of an evaluation reuses the compiled solve."""
+  argument, so every checkpoint of an evaluation reuses the compiled solve. The batch is solved
+  split over the devices of ``exp.mesh`` (`distributed.split_over_batch`)."""
   ev = exp.eval
-  return exp.compiled("bits_per_dim", lambda: jax.jit(lambda params, k, x: likelihood_lib.bits_per_dim(
-      k, exp.unconditional_model(params), exp.sde, x, centered=exp.data.centered, dequantize=True,
-      n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
-      step_control=ev.bpd_step_control)[0]))
+
+  def bpd(params, key, images):
+    images = distributed.split_over_batch(images, exp.mesh)
+    values = likelihood_lib.bits_per_dim(
+        key, exp.unconditional_model(params), exp.sde, images, centered=exp.data.centered,
+        dequantize=True, n_repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol, atol=ev.bpd_atol,
+        step_control=ev.bpd_step_control)[0]
+    return distributed.gathered(values, exp.mesh)
+
+  return exp.compiled("bits_per_dim", lambda: jax.jit(bpd))
 
 
 def balanced_batch_size(num_examples: int, batch_size: int, multiple: int) -> int:
