@@ -1,10 +1,11 @@
 """DDPM++ (continuous VP SDE) on the built-in handwritten digits at 16x16: the README's main job.
 
-  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train
-  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode eval
+  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode train --cpu_devices 2
+  python main.py --config configs/digits/ddpmpp_vp_small.py --workdir runs/digits --mode eval --cpu_devices 2
 
-Runs offline (the digits ship with scikit-learn). Expected on 2 idle CPU cores: 2500 steps in about
-5 minutes (85-105 ms/step), the eval in about 4, a grid of recognisable digits in
+Runs offline (the digits ship with scikit-learn). Expected on 2 idle CPU cores: 2500 steps in 5-8
+minutes, the eval in 4-6 (the CPU as two devices; our 2-core machines vary 1.5x in speed over a
+day: docs/performance.md), a grid of recognisable digits in
 runs/digits/samples/iter_2500.png,
 and the test loss, dequantized bits/dim and Frechet Digits Distance in
 runs/digits/eval/report_2500.json (figures in the README).

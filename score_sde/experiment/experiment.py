@@ -171,7 +171,7 @@ class Experiment:
     return self.network_model(self.unconditional_model_fn, params)
 
   def abstract_state(self):
-    return checkpointing.abstract_like(jax.eval_shape(self.init_state))
+    return checkpointing.abstract_like(jax.eval_shape(self.init_state), self.replicated)
 
   def to_global(self, local: np.ndarray, batch_axis: int = 0) -> jax.Array:
     return distributed.global_array(local, distributed.batch_sharding(self.mesh, batch_axis),

@@ -38,14 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 
 
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs, with shardings, describing ``tree`` (restores in place of it)."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+def abstract_like(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
+  """ShapeDtypeStructs describing ``tree`` (restores in place of it), each with its leaf's sharding,
+  else ``sharding``, else replicated over every device of every process. A restore target must
+  name its devices: without them orbax places each array as it was saved and refuses a checkpoint
+  written on another number of devices ("Topology mismatch")."""
+  if sharding is None:
+    sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("devices",)), PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=getattr(x, "sharding", None) or sharding), tree)
 
 
 STATE_ITEM, DATA_ITEM = "default", "data"  # orbax items of a step; "default" as in older steps
