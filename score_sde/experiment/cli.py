@@ -88,9 +88,10 @@ flags.DEFINE_integer(
     "cpu_devices", None,
     "Run the CPU backend as this many devices (jax_num_cpu_devices), the batch split over them as "
     "over accelerators: on a CPU, XLA runs one device's operations one after another, each on all "
-    "cores, and leaves cores idle between small ones; two devices on 2 cores run the main job "
-    "1.5-1.9x faster (docs/performance.md). Batches must divide by it. Default: JAX's (one device, "
-    "or $JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count).",
+    "cores, and leaves cores idle between small ones; on 2 cores two devices run the main job's "
+    "training 1.2-1.3x and its eval 1.5x faster (docs/performance.md). Batches must divide by it. "
+    "Default: JAX's (one device, or $JAX_NUM_CPU_DEVICES, or XLA_FLAGS' "
+    "--xla_force_host_platform_device_count).",
     lower_bound=1)
 
 
